@@ -1,0 +1,1 @@
+"""The ``minunet`` command line (installed as ``minunet.cli``)."""

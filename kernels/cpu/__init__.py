@@ -1,0 +1,1 @@
+"""Numba CPU backend (see minunet.kernels for the contract)."""

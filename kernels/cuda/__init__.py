@@ -1,0 +1,1 @@
+"""Numba CUDA backend (see minunet.kernels for the contract)."""
