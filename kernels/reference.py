@@ -34,7 +34,7 @@ def conv2d_forward(x, w, b, relu=False):
     y = np.zeros((n, k, ho, wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            y += np.einsum("nchw,kc->nkhw", x[:, :, i:i + ho, j:j + wo], w[:, :, i, j])
+            y += np.einsum("nchw,kc->nkhw", x[:, :, i:i + ho, j:j + wo], w[:, :, i, j], optimize=True)
     if b is not None:
         y += b[None, :, None, None]
     return np.maximum(y, 0) if relu else y
@@ -51,9 +51,9 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     for i in range(kh):
         for j in range(kw):
             window = x[:, :, i:i + ho, j:j + wo]
-            gw[:, :, i, j] = np.einsum("nkhw,nchw->kc", gy, window)
+            gw[:, :, i, j] = np.einsum("nkhw,nchw->kc", gy, window, optimize=True)
             if need_gx:
-                gx[:, :, i:i + ho, j:j + wo] += np.einsum("nkhw,kc->nchw", gy, w[:, :, i, j])
+                gx[:, :, i:i + ho, j:j + wo] += np.einsum("nkhw,kc->nchw", gy, w[:, :, i, j], optimize=True)
     gb = gy.sum(axis=(0, 2, 3))
     return gx, gw, gb
 
@@ -101,7 +101,7 @@ def conv_transpose2d_forward(x, w, b):
     y = np.zeros((n, k, 2 * (h - 1) + kh, 2 * (wd - 1) + kw), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            y[:, :, i:i + 2 * h - 1:2, j:j + 2 * wd - 1:2] += np.einsum("nchw,ck->nkhw", x, w[:, :, i, j])
+            y[:, :, i:i + 2 * h - 1:2, j:j + 2 * wd - 1:2] += np.einsum("nchw,ck->nkhw", x, w[:, :, i, j], optimize=True)
     if b is not None:
         y += b[None, :, None, None]
     return y
@@ -116,8 +116,8 @@ def conv_transpose2d_backward(x, w, gy):
     for i in range(kh):
         for j in range(kw):
             g = gy[:, :, i:i + 2 * h - 1:2, j:j + 2 * wd - 1:2]
-            gx += np.einsum("nkhw,ck->nchw", g, w[:, :, i, j])
-            gw[:, :, i, j] = np.einsum("nchw,nkhw->ck", x, g)
+            gx += np.einsum("nkhw,ck->nchw", g, w[:, :, i, j], optimize=True)
+            gw[:, :, i, j] = np.einsum("nchw,nkhw->ck", x, g, optimize=True)
     gb = gy.sum(axis=(0, 2, 3))
     return gx, gw, gb
 

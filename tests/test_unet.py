@@ -1,0 +1,86 @@
+"""The paper's U-Net: its size, and forward and gradients against a PyTorch twin."""
+import numpy as np
+import pytest
+
+from minunet import functional as F
+from minunet.errors import UserError
+from minunet.unet import UNet
+from tests.backends import fast_device
+
+
+def test_paper_network_size():
+    model = UNet(device="reference")
+    weights = [name for name, _ in model.named_parameters() if name.endswith("weight")]
+    assert len(weights) == 23                          # 23 convolutional layers (incl. 4 up-convolutions)
+    assert model.num_parameters() == 31_030_658
+    assert model.geometry(572).output_size == 388
+    with pytest.raises(UserError, match="556 or 572"):
+        model.geometry(570)
+
+
+def test_he_init_statistics():
+    model = UNet(width=64, device="reference", seed=3)
+    w = model.encoder[2].conv1.weight.data                # 128 -> 256 channels, fan-in 128*9
+    assert w.std() == pytest.approx(np.sqrt(2 / (128 * 9)), rel=0.02)
+    assert np.all(model.encoder[2].conv1.bias.data == 0)
+
+
+def test_eval_mode_disables_dropout(rng):
+    model = UNet(depth=2, width=2, device="reference", dtype=np.float64, seed=1)
+    from minunet.autograd import Tensor
+    x = Tensor(rng.standard_normal((1, 1, 28, 28)), device="reference")
+    model.eval()
+    a, b = model(x).data, model(x).data
+    np.testing.assert_array_equal(a, b)
+
+
+def compare_with_torch(width, tile, dtype, device, tol, rng, depth=5, up_kernel=2):
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
+    from minunet.autograd import Tensor
+    from minunet.kernels.reference import dropout_keep_mask
+
+    model = UNet(depth=depth, width=width, up_kernel=up_kernel, device=device, dtype=dtype,
+                 seed=int(rng.integers(1 << 30)))
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    twin = TorchUNet.from_minunet(model, tdtype)
+    x = rng.standard_normal((2, 1, tile, tile)).astype(dtype)
+    out = model.geometry(tile).output_size
+    labels = rng.integers(0, 2, (2, out, out)).astype(np.uint8)
+    weights = rng.uniform(1, 10, (2, out, out)).astype(dtype)
+
+    seed = np.random.default_rng()
+    seed.bit_generator.state = model.dropout_rng.bit_generator.state
+    drop_seed = int(seed.integers(2 ** 62))                   # the seed the model will draw
+    logits = model(Tensor(model.parameters()[0].backend.asarray(x), device=device))
+    loss = F.softmax_cross_entropy(logits, labels, weights)
+    loss.backward()
+
+    bottom = model.geometry(tile).encoder_sizes[-1]
+    mask = dropout_keep_mask((2, width * 2 ** (depth - 1), bottom, bottom), 0.5, drop_seed)
+    t_logits = twin(torch.from_numpy(x), dropout_mask=torch.from_numpy(mask).to(tdtype))
+    t_loss = weighted_cross_entropy(t_logits, torch.from_numpy(labels), torch.from_numpy(weights))
+    t_loss.backward()
+
+    def rel(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    assert rel(logits.numpy(), t_logits.detach().numpy()) < tol
+    assert loss.item() == pytest.approx(t_loss.item(), rel=tol)
+    for (name, p), tp in zip(model.named_parameters(), twin.ordered_parameters()):
+        err = rel(p.backend.to_numpy(p.grad), tp.grad.numpy())
+        assert err < tol, f"{name}: relative gradient error {err:.2e}"
+
+
+@pytest.mark.parametrize("up_kernel", [2, 4])
+def test_matches_torch_float64_small(rng, up_kernel):
+    compare_with_torch(width=2, tile=188 if up_kernel == 2 else 172, dtype=np.float64, device="reference",
+                       tol=1e-10, rng=rng, up_kernel=up_kernel)
+
+
+def test_matches_torch_float32_width8(rng):
+    compare_with_torch(width=8, tile=188, dtype=np.float32, device=fast_device(), tol=1e-4, rng=rng)
+
+
+def test_matches_torch_float32_paper_width(rng):
+    compare_with_torch(width=64, tile=188, dtype=np.float32, device=fast_device(), tol=1e-4, rng=rng)
