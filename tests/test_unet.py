@@ -34,42 +34,68 @@ def test_eval_mode_disables_dropout(rng):
     np.testing.assert_array_equal(a, b)
 
 
-def compare_with_torch(width, tile, dtype, device, tol, rng, depth=5, up_kernel=2):
+def compare_with_torch(width, tile, dtype, device, tol, rng, depth=5, up_kernel=2, draws=5):
+    """Logits, loss and every parameter gradient of minunet vs the PyTorch twin (same weights, mask).
+
+    In float32 a ReLU input within rounding of zero can flip sign in one implementation and not the
+    other, which changes the gradient far beyond rounding (both differ from the float64 truth).
+    Like the finite-difference checks keep away from kinks, a float32 draw is accepted only when
+    PyTorch's own float32 gradients agree with its float64 ones to 1e-5; otherwise the inputs are
+    redrawn (at most ``draws`` times).
+    """
     torch = pytest.importorskip("torch")
+    for _ in range(draws):
+        ours, theirs, theirs64 = _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel)
+        if theirs64 is None or max(_rel(a, b) for a, b in zip(theirs["grads"], theirs64["grads"])) < 1e-5:
+            break
+    else:
+        pytest.fail(f"no well-conditioned float32 draw in {draws} tries")
+    assert _rel(ours["logits"], theirs["logits"]) < tol
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=tol)
+    for name, a, b in zip(ours["names"], ours["grads"], theirs["grads"]):
+        err = _rel(a, b)
+        assert err < tol, f"{name}: relative gradient error {err:.2e}"
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel):
     from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
     from minunet.autograd import Tensor
     from minunet.kernels.reference import dropout_keep_mask
 
     model = UNet(depth=depth, width=width, up_kernel=up_kernel, device=device, dtype=dtype,
                  seed=int(rng.integers(1 << 30)))
-    tdtype = torch.float64 if dtype == np.float64 else torch.float32
-    twin = TorchUNet.from_minunet(model, tdtype)
     x = rng.standard_normal((2, 1, tile, tile)).astype(dtype)
     out = model.geometry(tile).output_size
     labels = rng.integers(0, 2, (2, out, out)).astype(np.uint8)
     weights = rng.uniform(1, 10, (2, out, out)).astype(dtype)
 
-    seed = np.random.default_rng()
-    seed.bit_generator.state = model.dropout_rng.bit_generator.state
-    drop_seed = int(seed.integers(2 ** 62))                   # the seed the model will draw
+    peek = np.random.default_rng()
+    peek.bit_generator.state = model.dropout_rng.bit_generator.state
+    drop_seed = int(peek.integers(2 ** 62))                   # the seed the model will draw
     logits = model(Tensor(model.parameters()[0].backend.asarray(x), device=device))
     loss = F.softmax_cross_entropy(logits, labels, weights)
     loss.backward()
+    ours = dict(logits=logits.numpy(), loss=loss.item(), names=[n for n, _ in model.named_parameters()],
+                grads=[p.backend.to_numpy(p.grad) for p in model.parameters()])
 
     bottom = model.geometry(tile).encoder_sizes[-1]
     mask = dropout_keep_mask((2, width * 2 ** (depth - 1), bottom, bottom), 0.5, drop_seed)
-    t_logits = twin(torch.from_numpy(x), dropout_mask=torch.from_numpy(mask).to(tdtype))
-    t_loss = weighted_cross_entropy(t_logits, torch.from_numpy(labels), torch.from_numpy(weights))
-    t_loss.backward()
 
-    def rel(a, b):
-        return np.linalg.norm(a - b) / np.linalg.norm(b)
+    def torch_run(tdtype):
+        twin = TorchUNet.from_minunet(model, tdtype)
+        t_logits = twin(torch.from_numpy(x).to(tdtype), dropout_mask=torch.from_numpy(mask).to(tdtype))
+        t_loss = weighted_cross_entropy(t_logits, torch.from_numpy(labels), torch.from_numpy(weights).to(tdtype))
+        t_loss.backward()
+        return dict(logits=t_logits.detach().numpy(), loss=t_loss.item(),
+                    grads=[p.grad.numpy() for p in twin.ordered_parameters()])
 
-    assert rel(logits.numpy(), t_logits.detach().numpy()) < tol
-    assert loss.item() == pytest.approx(t_loss.item(), rel=tol)
-    for (name, p), tp in zip(model.named_parameters(), twin.ordered_parameters()):
-        err = rel(p.backend.to_numpy(p.grad), tp.grad.numpy())
-        assert err < tol, f"{name}: relative gradient error {err:.2e}"
+    if dtype == np.float64:
+        return ours, torch_run(torch.float64), None
+    return ours, torch_run(torch.float32), torch_run(torch.float64)
 
 
 @pytest.mark.parametrize("up_kernel", [2, 4])

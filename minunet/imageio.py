@@ -1,0 +1,310 @@
+"""Reading image stacks and writing TIFFs, for every command that touches a user's files.
+
+A *spec* names a stack of 2-D grayscale slices in one of these forms:
+
+- a multi-page or single-page TIFF (``train-volume.tif``), a single PNG;
+- a folder of PNG/TIFF slices, in natural order (``2.png`` before ``10.png``);
+- a glob (``"slices/*.png"``), also in natural order;
+- an HDF5 dataset ``file.h5:/raw`` (a bare ``file.h5`` means ``file.h5:/raw``).
+
+Slices keep their stored dtype (uint8, uint16, float32...). Decoding is done by tifffile and
+Pillow. Colour policy: minunet expects grayscale. An RGB(A) image whose colour channels are
+identical (a gray image saved as RGB, common for masks) is reduced to one channel silently; an
+image with differing channels is *refused* by default, because silently mixing channels changes
+the data a microscopist meant to segment. ``rgb="luminance"`` converts instead (ITU-R 601 weights)
+and warns. Palette PNGs keep their palette indices; 1-bit images become 0/255 uint8.
+"""
+import contextlib
+import glob as globlib
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from minunet.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+RGB_POLICIES = ("refuse", "luminance")
+
+
+class Slice(NamedTuple):
+    """One 2-D slice of a stack: the file it lives in, a name for pairing, and its page or index.
+
+    ``stem`` is the file stem for folders and globs (what image/label pairing uses), and
+    ``"<stem>[i]"`` for page ``i`` of a multi-page TIFF or index ``i`` of an HDF5 dataset.
+    """
+
+    path: Path
+    stem: str
+    page: int          # page of a TIFF / index in an HDF5 dataset; 0 for single-image files
+
+
+def natural_key(text):
+    """Sort key that orders embedded numbers by value: ``2.png`` before ``10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def _split_hdf5(spec):
+    """``(file, dataset)`` if the spec names an HDF5 dataset, else None."""
+    text = str(spec)
+    match = re.match(r"^(.*\.(?:h5|hdf5|hdf))(?::(/.*))?$", text, re.IGNORECASE)
+    if not match:
+        return None
+    return Path(match.group(1)), match.group(2) or "/raw"
+
+
+def _is_glob(text):
+    return any(ch in text for ch in "*?[")
+
+
+def _files(spec):
+    """The image files a non-HDF5 spec names, in natural order; UserError when there are none."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        files = [p for p in path.iterdir()
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        if not files:
+            raise UserError(f"{path}: folder has no .png/.tif/.tiff slices; "
+                            "point to the folder that holds the images")
+        return sorted(files, key=lambda p: natural_key(p.name))
+    if _is_glob(text) and not path.exists():
+        files = [Path(p) for p in globlib.glob(text) if Path(p).is_file()
+                 and Path(p).suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise UserError(f"{text}: the pattern matches no .png/.tif/.tiff file; check the path")
+        return sorted(files, key=lambda p: natural_key(p.name))
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type '{path.suffix}'; "
+                        "give a TIFF, a PNG, a folder of them, a glob or file.h5:/dataset")
+    return [path]
+
+
+def _tiff_pages(path):
+    """Number of 2-D slices in a TIFF (after the colour axis is accounted for)."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = series.shape, series.axes
+    except Exception as err:  # tifffile raises many types for corrupt files
+        raise UserError(f"{path}: cannot read TIFF ({err}); is the file complete?") from None
+    dims = [n for n, a in zip(shape, axes) if a not in "YXS"]
+    return int(np.prod(dims)) if dims else 1
+
+
+def _hdf5_dataset(path, name):
+    """Open an HDF5 file and return (file, dataset); UserError if absent or not an image stack."""
+    import h5py
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise UserError(f"{path}: cannot open as HDF5 ({err})") from None
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+        f.close()
+        raise UserError(f"{path}: no dataset '{name}'; the file has {names or 'no datasets'} "
+                        f"(write it as {path}:/NAME)")
+    ds = f[name]
+    if ds.ndim not in (2, 3):
+        shape = ds.shape
+        f.close()
+        raise UserError(f"{path}:{name}: shape {shape} is not (H,W) or (N,H,W); "
+                        "store one grayscale slice per index")
+    return f, ds
+
+
+def list_slices(spec):
+    """The slices a spec names, in order, as :class:`Slice` tuples, without decoding pixels.
+
+    Used to pair images with labels by stem and to name output files after their input.
+    """
+    h5 = _split_hdf5(spec)
+    if h5 is not None:
+        path, name = h5
+        f, ds = _hdf5_dataset(path, name)
+        n = 1 if ds.ndim == 2 else ds.shape[0]
+        f.close()
+        return [Slice(path, f"{path.stem}[{i}]", i) for i in range(n)]
+    out = []
+    for path in _files(spec):
+        n = _tiff_pages(path) if path.suffix.lower() in (".tif", ".tiff") else 1
+        if n == 1:
+            out.append(Slice(path, path.stem, 0))
+        else:
+            out.extend(Slice(path, f"{path.stem}[{i}]", i) for i in range(n))
+    if not out:
+        raise UserError(f"{spec}: the stack is empty (no pages)")
+    return out
+
+
+def _to_gray(array, source, rgb):
+    """Reduce an (..., H, W, C) colour array to (..., H, W) under the colour policy."""
+    channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+    first = channels[..., 0]
+    if all(np.array_equal(first, channels[..., c]) for c in range(1, channels.shape[-1])):
+        return first
+    if rgb == "luminance":
+        warnings.warn(f"{source}: colour image converted to grayscale (0.299 R + 0.587 G + 0.114 B)",
+                      stacklevel=3)
+        gray = channels[..., :3].astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        if np.issubdtype(array.dtype, np.integer):
+            gray = np.clip(np.rint(gray), 0, np.iinfo(array.dtype).max).astype(array.dtype)
+        return gray
+    raise UserError(f"{source}: colour (RGB) image with differing channels; minunet expects grayscale: "
+                    "save one channel or a grayscale version of it (refused rather than guessed)")
+
+
+def _read_png(path, rgb):
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "1":
+                return np.asarray(im, dtype=np.uint8) * np.uint8(255)
+            if mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im).astype(np.uint16)
+            if mode in ("LA", "PA"):
+                im = im.getchannel(0)
+            elif mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+                return _to_gray(np.asarray(im.convert("RGB") if mode not in ("RGB", "RGBA") else im),
+                                path, rgb)
+            array = np.asarray(im)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"{path}: cannot read image ({err}); is the file complete?") from None
+    if array.dtype == np.int32:                      # Pillow's mode "I": keep the smallest exact type
+        array = array.astype(np.uint16) if array.min() >= 0 and array.max() < 65536 else array
+    return array
+
+
+def _read_tiff(path, rgb):
+    """All slices of one TIFF as (N,H,W)."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            array = series.asarray()
+    except Exception as err:
+        raise UserError(f"{path}: cannot read TIFF ({err}); is the file complete?") from None
+    if "S" in axes:
+        array = np.moveaxis(array, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+        array = _to_gray(array, path, rgb)
+        axes = axes[:-1]
+    if "C" in axes and array.shape[axes.index("C")] > 1:
+        raise UserError(f"{path}: multi-channel TIFF (axes {axes}, shape {array.shape}); "
+                        "save the channel to segment as its own grayscale stack")
+    if not axes.endswith("YX") or array.ndim < 2:
+        raise UserError(f"{path}: unexpected TIFF layout (axes {axes}); save it as grayscale pages")
+    return array.reshape((-1,) + array.shape[-2:])
+
+
+def iter_slices(spec, rgb="refuse"):
+    """Yield ``(Slice, array (H,W))`` for each slice of a spec, decoding one file at a time.
+
+    All slices must share shape and dtype; the first one that differs is named in the error.
+    Reading slice by slice lets ``data convert`` handle stacks larger than memory.
+    """
+    if rgb not in RGB_POLICIES:
+        raise ValueError(f"rgb must be one of {RGB_POLICIES}, not {rgb!r}")
+    first = None
+    h5 = _split_hdf5(spec)
+    if h5 is not None:
+        path, name = h5
+        f, ds = _hdf5_dataset(path, name)
+        with f:
+            if ds.ndim == 2:
+                yield Slice(path, f"{path.stem}[0]", 0), ds[()]
+            else:
+                if ds.shape[0] == 0:
+                    raise UserError(f"{path}:{name}: the dataset is empty (0 slices)")
+                for i in range(ds.shape[0]):
+                    yield Slice(path, f"{path.stem}[{i}]", i), ds[i]
+        return
+    for path in _files(spec):
+        if path.suffix.lower() == ".png":
+            pages = [_read_png(path, rgb)]
+            if pages[0].ndim != 2:
+                raise UserError(f"{path}: unexpected image shape {pages[0].shape}; expected grayscale")
+        else:
+            pages = _read_tiff(path, rgb)
+            if len(pages) == 0:
+                raise UserError(f"{path}: the TIFF has no pages")
+        for i, page in enumerate(pages):
+            stem = path.stem if len(pages) == 1 else f"{path.stem}[{i}]"
+            if first is None:
+                first = (page.shape, page.dtype, stem)
+            elif page.shape != first[0]:
+                raise UserError(f"{path}: slice {stem} is {page.shape[0]}x{page.shape[1]} but "
+                                f"{first[2]} is {first[0][0]}x{first[0][1]}; all slices must be the same size")
+            elif page.dtype != first[1]:
+                raise UserError(f"{path}: slice {stem} is {page.dtype} but {first[2]} is {first[1]}; "
+                                "save all slices with the same bit depth")
+            yield Slice(path, stem, i), page
+
+
+def read_stack(spec, rgb="refuse"):
+    """Read a whole stack as an ``(N, H, W)`` array in its stored dtype.
+
+    ``spec``: TIFF / PNG / folder / glob / ``file.h5:/dataset`` (see the module docstring).
+    ``rgb``: ``"refuse"`` (default) or ``"luminance"`` for colour images with differing channels.
+    Raises UserError for missing, unreadable, empty or inconsistent inputs.
+    """
+    slices = [array for _, array in iter_slices(spec, rgb)]
+    if not slices:
+        raise UserError(f"{spec}: the stack is empty")
+    return np.stack(slices)
+
+
+@contextlib.contextmanager
+def atomic_path(path, force=True):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    Nothing is left behind on any error (a reader never sees a half-written file). With
+    ``force=False`` an existing ``path`` is refused with a UserError before any work is done.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path}: output exists; use --force to overwrite it or choose another name")
+    if not path.parent.exists():
+        raise UserError(f"{path.parent}: output folder does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                 # mkstemp makes 0600; give the file normal permissions
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_tiff_atomic(path, array, **kwargs):
+    """Write ``array`` as a TIFF (pages along the first axis of a 3-D array) atomically.
+
+    The data goes to a temporary file in the same folder, then ``os.replace`` moves it into
+    place, so an interrupted run never leaves a truncated TIFF. Extra kwargs go to
+    ``tifffile.imwrite`` (e.g. ``compression="zlib"``); grayscale pages (``minisblack``) unless
+    a ``photometric`` is given, so a 3-slice stack is never mistaken for one RGB image.
+    """
+    import tifffile
+    kwargs.setdefault("photometric", "minisblack")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(array), **kwargs)
