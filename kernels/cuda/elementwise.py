@@ -1,0 +1,163 @@
+"""ReLU, dropout (the contract's SplitMix64 mask, bit for bit) and crop-and-concatenate.
+
+All are memory-bound one-pass kernels over flat (contiguous) arrays: one element per thread, a
+grid-stride loop bounded by the element count, so consecutive threads touch consecutive addresses.
+"""
+import numpy as np
+
+from . import arrays
+from .arrays import THREADS, blocks, cuda, launch
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)     # the same constants as reference.dropout_uniform
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31, _S40 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(40)
+_INV_2_24 = 1.0 / (1 << 24)
+
+
+@cuda.jit(device=True)
+def dropout_uniform(seed, index):
+    """SplitMix64 of seed * golden + index, top 24 bits as a float64 in [0, 1) (all in uint64)."""
+    z = seed * _GOLDEN + np.uint64(index)
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return np.float64(z >> _S40) * _INV_2_24
+
+
+@cuda.jit
+def _relu(x, y, zero):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        y[i] = v if v > zero else zero
+
+
+@cuda.jit
+def _relu_grad(gy, y, gx, zero):
+    for i in range(cuda.grid(1), gy.size, cuda.gridsize(1)):
+        gx[i] = gy[i] if y[i] > 0 else zero
+
+
+@cuda.jit
+def _dropout(x, y, p, scale, seed, zero):
+    """y = x / (1 - p) where the hash of (seed, i) >= p, else 0; ``scale`` is 1 - p in x's dtype."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        y[i] = x[i] / scale if dropout_uniform(seed, i) >= p else zero
+
+
+@cuda.jit
+def _copy_window(src, dst, c_src, top, left, c_dst):
+    """dst[n, c_dst + c, h, w] = src[n, c_src + c, top + h, left + w] over the overlap of both windows.
+
+    One thread per copied element, w fastest: reads and writes of a warp are contiguous rows.
+    """
+    nc = min(src.shape[1] - c_src, dst.shape[1] - c_dst)
+    h = min(src.shape[2] - top, dst.shape[2])
+    w = min(src.shape[3] - left, dst.shape[3])
+    total = src.shape[0] * nc * h * w
+    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+        j = e % w
+        q = e // w
+        i = q % h
+        q //= h
+        c = q % nc
+        n = q // nc
+        dst[n, c_dst + c, i, j] = src[n, c_src + c, top + i, left + j]
+
+
+@cuda.jit
+def _paste_window(src, dst, c_src, top, left):
+    """dst[n, c, top + h, left + w] = src[n, c_src + c, h, w]; dst elsewhere untouched (zeros)."""
+    nc = dst.shape[1]
+    h = src.shape[2]
+    w = src.shape[3]
+    total = src.shape[0] * nc * h * w
+    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+        j = e % w
+        q = e // w
+        i = q % h
+        q //= h
+        c = q % nc
+        n = q // nc
+        dst[n, c, top + i, left + j] = src[n, c_src + c, i, j]
+
+
+def _flat(a):
+    return arrays.contiguous(a).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- the contract
+
+def relu_forward(x):
+    """max(x, 0)."""
+    arrays.require()
+    x = arrays.contiguous(x)
+    y = arrays.array_module().empty_like(x)
+    if x.size:
+        launch(_relu, blocks(x.size), THREADS, x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    return y
+
+
+def relu_backward(gy, y):
+    """gy where y > 0, else 0."""
+    arrays.require()
+    gy = arrays.contiguous(gy)
+    gx = arrays.array_module().empty_like(gy)
+    if gy.size:
+        launch(_relu_grad, blocks(gy.size), THREADS, gy.reshape(-1), _flat(y), gx.reshape(-1),
+               gy.dtype.type(0))
+    return gx
+
+
+def dropout_forward(x, p, seed):
+    """Inverted dropout with the contract's hash mask (reference.dropout_keep_mask)."""
+    arrays.require()
+    x = arrays.contiguous(x)
+    if p <= 0:
+        return x.copy()
+    y = arrays.array_module().empty_like(x)
+    if x.size:
+        launch(_dropout, blocks(x.size), THREADS, x.reshape(-1), y.reshape(-1), float(p),
+               x.dtype.type(1 - p), np.uint64(seed), x.dtype.type(0))
+    return y
+
+
+def dropout_backward(gy, p, seed):
+    """The forward's mask and scale applied to the gradient."""
+    return dropout_forward(gy, p, seed)
+
+
+def crop_concat_forward(skip, up):
+    """concat([center_crop(skip), up], axis=1): two window copies into one output."""
+    from minunet.kernels.reference import crop_margins
+    arrays.require()
+    if skip.shape[0] != up.shape[0]:
+        raise ValueError(f"crop_concat: batch sizes differ ({skip.shape[0]} vs {up.shape[0]})")
+    top, left = crop_margins(skip.shape[2:], up.shape[2:])
+    skip, up = arrays.contiguous(skip), arrays.contiguous(up)
+    arrays.float_dtype(skip, up)
+    n, cs = skip.shape[:2]
+    cu, hu, wu = up.shape[1:]
+    y = arrays.array_module().empty((n, cs + cu, hu, wu), dtype=up.dtype)
+    if y.size:
+        launch(_copy_window, blocks(n * cs * hu * wu), THREADS, skip, y, 0, top, left, 0)
+        launch(_copy_window, blocks(up.size), THREADS, up, y, 0, 0, 0, cs)
+    return y
+
+
+def crop_concat_backward(gy, skip_shape):
+    """(gskip, gup): the skip's channels pasted back into its cropped window, the rest copied."""
+    from minunet.kernels.reference import crop_margins
+    arrays.require()
+    xp = arrays.array_module()
+    gy = arrays.contiguous(gy)
+    n, cs = skip_shape[:2]
+    hu, wu = gy.shape[2:]
+    top, left = crop_margins(skip_shape[2:], (hu, wu))
+    gskip = xp.zeros(tuple(skip_shape), dtype=gy.dtype)
+    gup = xp.empty((n, gy.shape[1] - cs, hu, wu), dtype=gy.dtype)
+    if gskip.size:
+        launch(_paste_window, blocks(n * cs * hu * wu), THREADS, gy, gskip, 0, top, left)
+    if gup.size:
+        launch(_copy_window, blocks(gup.size), THREADS, gy, gup, cs, 0, 0, 0)
+    return gskip, gup

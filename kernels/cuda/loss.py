@@ -1,0 +1,135 @@
+"""Fused weighted softmax cross-entropy (loss and logit gradient in one pass) and softmax.
+
+One thread per pixel (w fastest, so each channel plane is read coalesced): the channel maximum,
+the log-sum-exp, the gradient w (p - onehot) written for every channel, and the pixel's loss.
+Each block then reduces its threads' loss sums (in float64), valid-pixel counts and bad-label
+counts in shared memory and writes one partial per block; the host adds the few partials.
+"""
+import functools
+import math
+
+import numpy as np
+
+from . import arrays
+from .arrays import THREADS, blocks, cuda, launch
+
+
+@functools.lru_cache(maxsize=None)
+def _xent_kernel(dtype):
+    ACC = getattr(np, dtype)
+    zero, one = ACC(0), ACC(1)
+
+    @cuda.jit
+    def xent(logits, labels, weights, has_weights, ignore, glogits, loss_part, count_part, bad_part):
+        n_, k_, h, wd = logits.shape
+        hw = h * wd
+        total = n_ * hw
+        t = cuda.threadIdx.x
+        loss = 0.0
+        count = 0
+        bad = 0
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            n = e // hw
+            q = e - n * hw
+            i = q // wd
+            j = q - i * wd
+            lab = np.int64(labels[n, i, j])
+            valid = lab != ignore
+            if valid and (lab < 0 or lab >= k_):
+                bad += 1                       # reported by the host as a ValueError
+                valid = False
+            wt = zero
+            if valid:
+                wt = weights[n, i, j] if has_weights else one
+            mx = logits[n, 0, i, j]
+            for c in range(1, k_):
+                mx = max(mx, logits[n, c, i, j])
+            s = zero
+            for c in range(k_):
+                s += math.exp(logits[n, c, i, j] - mx)
+            lse = math.log(s)
+            for c in range(k_):
+                pr = math.exp(logits[n, c, i, j] - mx - lse)
+                if c == lab:
+                    pr -= one
+                glogits[n, c, i, j] = wt * pr
+            if valid:
+                loss -= np.float64(wt) * np.float64(logits[n, lab, i, j] - mx - lse)
+                count += 1
+        s_loss = cuda.shared.array(THREADS, np.float64)
+        s_count = cuda.shared.array(THREADS, np.int64)
+        s_bad = cuda.shared.array(THREADS, np.int64)
+        s_loss[t] = loss
+        s_count[t] = count
+        s_bad[t] = bad
+        cuda.syncthreads()
+        half = THREADS // 2
+        while half > 0:
+            if t < half:
+                s_loss[t] += s_loss[t + half]
+                s_count[t] += s_count[t + half]
+                s_bad[t] += s_bad[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if t == 0:
+            b = cuda.blockIdx.x
+            loss_part[b] = s_loss[0]
+            count_part[b] = s_count[0]
+            bad_part[b] = s_bad[0]
+
+    return xent
+
+
+@cuda.jit
+def _softmax(logits, probs, zero):
+    n_, k_, h, wd = logits.shape
+    hw = h * wd
+    for e in range(cuda.grid(1), n_ * hw, cuda.gridsize(1)):
+        n = e // hw
+        q = e - n * hw
+        i = q // wd
+        j = q - i * wd
+        mx = logits[n, 0, i, j]
+        for c in range(1, k_):
+            mx = max(mx, logits[n, c, i, j])
+        s = zero
+        for c in range(k_):
+            s += math.exp(logits[n, c, i, j] - mx)
+        for c in range(k_):
+            probs[n, c, i, j] = math.exp(logits[n, c, i, j] - mx) / s
+
+
+def softmax_cross_entropy(logits, labels, weights, ignore=255):
+    """(loss_sum, n_valid, glogits) of the weighted softmax cross-entropy; see minunet.kernels."""
+    arrays.require()
+    n, k, h, w = logits.shape
+    if labels.shape != (n, h, w):
+        raise ValueError(f"softmax_cross_entropy: labels {labels.shape} do not match logits {logits.shape}")
+    dt = arrays.float_dtype(logits)
+    xp = arrays.array_module()
+    logits, labels = arrays.contiguous(logits), arrays.contiguous(labels)
+    has_weights = weights is not None
+    weights = arrays.contiguous(weights.astype(dt, copy=False)) if has_weights else logits[:1, 0, :1, :1]
+    glogits = xp.empty_like(logits)
+    grid = blocks(n * h * w)
+    loss_part = xp.zeros(grid, dtype=np.float64)
+    count_part = xp.zeros(grid, dtype=np.int64)
+    bad_part = xp.zeros(grid, dtype=np.int64)
+    if n * h * w:
+        launch(_xent_kernel(dt.name), grid, THREADS, logits, labels, weights, has_weights, int(ignore),
+               glogits, loss_part, count_part, bad_part)
+    if int(bad_part.sum()):
+        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}) or equal ignore={ignore}")
+    return float(loss_part.sum()), int(count_part.sum()), glogits
+
+
+def softmax(logits):
+    """Softmax over the channel axis (for inference)."""
+    arrays.require()
+    arrays.float_dtype(logits)
+    logits = arrays.contiguous(logits)
+    probs = arrays.array_module().empty_like(logits)
+    n, _, h, w = logits.shape
+    if n * h * w:
+        launch(_softmax, blocks(n * h * w), THREADS, logits, probs, logits.dtype.type(0))
+    return probs
