@@ -155,8 +155,15 @@ class _Progress:
 @click.option("--output-format", type=click.Choice(FORMATS), default="foreground", show_default=True,
               help="foreground: float32 probability of class 1 (ISBI submission format); "
                    "labels: uint8 argmax class map; probs: float32 probabilities of every class.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force):
+@click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--scheduler", default="local", show_default=True, metavar="local|ADDRESS",
+              help="Zarr (block-wise) prediction: local threads, or a dask.distributed scheduler address "
+                   "such as tcp://host:8786.")
+@click.option("--block", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
+@click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
+def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
+            scheduler, block, resume):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
     INPUT is a TIFF (single or multi-page), a PNG, a folder of slices, a quoted glob, or an HDF5
@@ -174,10 +181,19 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
       minunet predict --model runs/isbi/best.h5 ../shared/data/isbi2012/test -o test-probs.tif
       minunet predict -m runs/isbi/best.h5 "slices/*.png" -o seg.h5 --output-format labels --tta
       minunet predict -m runs/dental/best.h5 xray.png -o xray-probs.h5:/probs --output-format probs
-    """
-    from minunet import tiling
-    from minunet.checkpoint import load_model
+      minunet predict -m runs/isbi/best.h5 volume.zarr -o probs.zarr --block 2048 --scheduler tcp://host:8786
 
+    A .zarr INPUT or OUTPUT predicts block by block on Dask (volumes larger than memory): each block
+    is read with its context, predicted, and written as one chunk of the Zarr OUTPUT; --resume
+    skips finished blocks. See docs/scaling.md.
+    """
+    from minunet import blockwise, tiling
+    from minunet.checkpoint import load_checkpoint, load_model
+
+    if blockwise.wants_blockwise(input_spec, output):
+        _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch, pad, tta,
+                           output_format, force, scheduler, block, resume, load_checkpoint)
+        return
     path, dataset = parse_output(output)
     check_output(path, force)
     check_not_input(path, input_spec)
@@ -210,3 +226,28 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     write_output(path, dataset, array, output_format, meta)
     click.echo(f"wrote {path}{dataset or ''}: {output_format} {array.dtype} {'x'.join(map(str, array.shape))} "
                f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
+
+
+def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
+                       scheduler, block, resume, load_checkpoint):
+    """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.blockwise)."""
+    from minunet import blockwise
+    if tta:
+        raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
+    if pad is None:
+        pad = (load_checkpoint(model_path).extra.get("config") or {}).get("pad", "mirror")
+    bar = click.progressbar(length=1, label="predicting blocks", file=sys.stderr, show_pos=True) \
+        if sys.stderr.isatty() else None
+
+    def progress(done, total):
+        if bar is not None:
+            bar.length = total
+            bar.update(done - bar.pos)
+    result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
+                                      device=device, tile=tile, pad=pad, output_format=output_format,
+                                      resume=resume, overwrite=force, progress=progress, batch=batch)
+    if bar is not None:
+        bar.render_finish()
+    click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "
+               f"{result['computed']} block(s) predicted, {result['skipped']} skipped (tile {result['tile']})",
+               err=True)

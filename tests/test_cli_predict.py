@@ -201,3 +201,21 @@ def test_isbi_test_slices(tmp_path, model_file, capsys):
                         "--device", "cpu"], capsys)
     assert code == 0, err
     assert tifffile.imread(tmp_path / "all.tif").shape == (30, 512, 512)
+
+
+def test_zarr_volume_is_predicted_block_wise(tmp_path, model_file, rng, capsys):
+    """A .zarr input goes through the Dask block-wise path and equals the in-memory prediction."""
+    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    raw = rng.integers(0, 256, (2, 45, 61), dtype=np.uint8)
+    z = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=raw.shape, chunks=(1, 32, 32), dtype=raw.dtype)
+    z[...] = raw
+    out = tmp_path / "out.zarr"
+    code, _, err = run(["predict", "-m", model_file, str(tmp_path / "in.zarr"), "-o", str(out), "--device", "cpu",
+                        "--tile", "60", "--block", "24"], capsys)
+    assert code == 0, err
+    expected = expected_probs(model_file, raw, 60)[:, 1]
+    np.testing.assert_allclose(zarr.open_array(str(out), mode="r")[...], expected, atol=1e-5)
+    code, _, err = run(["predict", "-m", model_file, str(tmp_path / "in.zarr"), "-o", str(out), "--device", "cpu",
+                        "--tile", "60", "--block", "24", "--tta"], capsys)
+    assert_one_line_error(code, err, "--tta")
