@@ -1,0 +1,234 @@
+"""A whole U-Net training step, and inference, in minunet against PyTorch: time and peak memory.
+
+    python benchmarks/train_step.py [--width 64] [--tile 572] [--device cpu] [--repeat 3] [--json FILE]
+
+The paper's network (depth 5, 1 input channel, 2 classes, 2x2 up-convolutions, dropout 0.5) on one
+tile, batch 1. A training step is forward, weighted softmax cross-entropy over the output tile,
+backward and an SGD momentum (0.99) update. Both libraries run in ONE process with the same
+weights (``benchmarks.torch_unet.TorchUNet.from_minunet``), interleaved (minunet step, torch step,
+...), after one warm-up step each; the median of ``--repeat`` steps is reported, then the same for
+the forward pass alone (inference: no graph, no dropout). Peak resident memory is measured in
+separate child processes, one per library, each running two training steps. A third child, with
+an empty Numba cache directory, times minunet's first step cold (compilation included); the
+memory child times the first step with the on-disk cache warm.
+
+``--json FILE`` writes minunet_step_s, torch_step_s, step_ratio (minunet / torch),
+minunet_forward_s, torch_forward_s, forward_ratio, minunet_peak_rss_mb, torch_peak_rss_mb,
+minunet_first_step_cold_s, minunet_first_step_warm_cache_s and the case (width, tile, device).
+PyTorch is imported only here; it is not a dependency of minunet.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("benchmarks/train_step.py compares against PyTorch, which is not installed: "
+                         "pip install torch (CPU build) to run it") from None
+    return torch
+
+
+class MinunetCase:
+    """The minunet side: model, SGD, a fixed random tile with labels and weights."""
+
+    def __init__(self, width, tile, device, seed=0):
+        from minunet import functional as F
+        from minunet.autograd import Tensor, no_grad
+        from minunet.optim import SGD
+        from minunet.unet import UNet
+        self.F, self.no_grad = F, no_grad
+        self.model = UNet(width=width, device=device, seed=seed)
+        self.opt = SGD(self.model.parameters(), lr=1e-4, momentum=0.99)
+        rng = np.random.default_rng(seed)
+        out = self.model.geometry(tile).output_size
+        backend = self.model.parameters()[0].backend
+        self.x_np = rng.standard_normal((1, 1, tile, tile)).astype(np.float32)
+        self.labels_np = rng.integers(0, 2, (1, out, out)).astype(np.uint8)
+        self.weights_np = rng.uniform(1, 10, (1, out, out)).astype(np.float32)
+        self.x = Tensor(backend.asarray(self.x_np), device=device)
+        self.labels, self.weights = backend.asarray(self.labels_np), backend.asarray(self.weights_np)
+        self.sync = getattr(backend, "synchronize", lambda: None)
+
+    def step(self):
+        self.model.train()
+        self.opt.zero_grad()
+        loss = self.F.softmax_cross_entropy(self.model(self.x), self.labels, self.weights)
+        loss.backward()
+        self.opt.step()
+        value = loss.item()
+        self.sync()
+        return value
+
+    def forward(self):
+        self.model.eval()
+        with self.no_grad():
+            out = self.model(self.x)
+        self.sync()
+        return out
+
+
+class TorchCase:
+    """The PyTorch twin with the same weights and data."""
+
+    def __init__(self, mine, device):
+        torch = _import_torch()
+        from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
+        self.torch, self.loss_fn = torch, weighted_cross_entropy
+        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        self.model = TorchUNet.from_minunet(mine.model).to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.99)
+        self.x = torch.from_numpy(mine.x_np).to(self.device)
+        self.labels = torch.from_numpy(mine.labels_np).to(self.device)
+        self.weights = torch.from_numpy(mine.weights_np).to(self.device)
+        self.p = mine.model.dropout_rate
+        m = mine.model
+        bottom = m.geometry(mine.x_np.shape[-1]).encoder_sizes[-1]
+        self.mask_shape = (1, m.width * 2 ** (m.depth - 1), bottom, bottom)
+
+    def _sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        # Dropout as in the paper's network: a fresh Bernoulli mask at the end of the contracting path.
+        mask = (self.torch.rand(self.mask_shape, device=self.device) >= self.p).float()
+        loss = self.loss_fn(self.model(self.x, dropout_mask=mask, dropout_p=self.p), self.labels, self.weights)
+        loss.backward()
+        self.opt.step()
+        value = loss.item()
+        self._sync()
+        return value
+
+    def forward(self):
+        self.model.eval()
+        with self.torch.no_grad():
+            out = self.model(self.x)
+        self._sync()
+        return out
+
+
+def _interleaved(fns, warmup, repeat):
+    """Median seconds of each function, called in turn, after ``warmup`` calls each."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times], times
+
+
+def _child(which, width, tile, device, env=None):
+    """Run two training steps of one library in a fresh process; its first-step time and peak RSS."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--width", str(width),
+           "--tile", str(tile), "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+    if out.returncode:
+        raise RuntimeError(f"child {which} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child_main(which, width, tile, device):
+    sys.path.insert(0, str(ROOT))
+    t0 = time.perf_counter()
+    mine = MinunetCase(width, tile, device)
+    case = mine if which == "minunet" else TorchCase(mine, device)
+    if which == "torch":
+        del mine
+    t1 = time.perf_counter()
+    case.step()
+    first = time.perf_counter() - t1
+    case.step()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
+    print(json.dumps(dict(first_step_s=first, setup_s=t1 - t0, peak_rss_mb=rss_mb)))
+
+
+def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=True, progress=print):
+    """Time a training step and inference in minunet and PyTorch; returns the figures as a dict."""
+    _import_torch()
+    sys.path.insert(0, str(ROOT))
+    result = dict(width=width, tile=tile, device=device, repeat=repeat)
+    if cold:
+        with tempfile.TemporaryDirectory() as cache:
+            progress("first minunet step with an empty Numba cache (compiling everything) ...")
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            result["minunet_first_step_cold_s"] = _child("minunet", width, tile, device, env)["first_step_s"]
+    if memory:
+        progress("peak memory: one child process per library ...")
+        mine_child = _child("minunet", width, tile, device)
+        torch_child = _child("torch", width, tile, device)
+        result["minunet_first_step_warm_cache_s"] = mine_child["first_step_s"]
+        result["minunet_peak_rss_mb"] = mine_child["peak_rss_mb"]
+        result["torch_peak_rss_mb"] = torch_child["peak_rss_mb"]
+    progress(f"timing {repeat} interleaved training steps after {warmup} warm-up ...")
+    mine = MinunetCase(width, tile, device)
+    theirs = TorchCase(mine, device)
+    (m_step, t_step), steps = _interleaved([mine.step, theirs.step], warmup, repeat)
+    (m_fwd, t_fwd), fwds = _interleaved([mine.forward, theirs.forward], warmup, repeat)
+    result.update(minunet_step_s=m_step, torch_step_s=t_step, step_ratio=m_step / t_step,
+                  minunet_forward_s=m_fwd, torch_forward_s=t_fwd, forward_ratio=m_fwd / t_fwd,
+                  minunet_step_runs_s=steps[0], torch_step_runs_s=steps[1],
+                  minunet_forward_runs_s=fwds[0], torch_forward_runs_s=fwds[1])
+    return result
+
+
+def format_table(r):
+    rows = [("training step (s)", r["minunet_step_s"], r["torch_step_s"]),
+            ("forward / inference (s)", r["minunet_forward_s"], r["torch_forward_s"])]
+    if "minunet_peak_rss_mb" in r:
+        rows.append(("peak RSS, training (MB)", r["minunet_peak_rss_mb"], r["torch_peak_rss_mb"]))
+    lines = [f"U-Net width {r['width']}, tile {r['tile']}, device {r['device']}, median of {r['repeat']}",
+             f"{'':26s} {'minunet':>10s} {'pytorch':>10s} {'ratio':>7s}"]
+    lines += [f"{name:26s} {a:10.3f} {b:10.3f} {a / b:7.2f}" for name, a, b in rows]
+    if "minunet_first_step_cold_s" in r:
+        lines.append(f"first minunet step, empty Numba cache: {r['minunet_first_step_cold_s']:.1f} s")
+    if "minunet_first_step_warm_cache_s" in r:
+        lines.append(f"first minunet step, warm Numba cache:  {r['minunet_first_step_warm_cache_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--tile", type=int, default=572)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "reference"])
+    parser.add_argument("--repeat", type=int, default=3, help="timed steps per library (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-compile child process")
+    parser.add_argument("--child", choices=["minunet", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child_main(args.child, args.width, args.tile, args.device)
+        return 0
+    result = run(args.width, args.tile, args.device, args.repeat, args.warmup,
+                 memory=not args.no_memory, cold=not args.no_cold)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""ReLU, dropout and the U-Net's crop-and-concatenate: single parallel passes over memory."""
+import numpy as np
+from numba import njit, prange
+
+from ..reference import crop_margins
+
+
+# ----------------------------------------------------------------------------- ReLU
+
+@njit(parallel=True, cache=True)
+def _relu(x, y):
+    for i in prange(x.size):
+        y[i] = x[i] if x[i] > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def _relu_grad(gy, y, gx):
+    for i in prange(gy.size):
+        gx[i] = gy[i] if y[i] > 0 else 0
+
+
+def relu_forward(x):
+    """max(x, 0)."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    _relu(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(gy, y):
+    """gy where y > 0, else 0."""
+    gy, y = np.ascontiguousarray(gy), np.ascontiguousarray(y)
+    gx = np.empty_like(gy)
+    _relu_grad(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
+    return gx
+
+
+# ----------------------------------------------------------------------------- dropout
+
+@njit(cache=True, inline="always")
+def dropout_uniform(seed, index):
+    """SplitMix64 of seed * golden + index, top 24 bits -> [0, 1): reference.dropout_uniform, bit for bit."""
+    z = seed * np.uint64(0x9E3779B97F4A7C15) + index          # uint64 arithmetic wraps mod 2**64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(40)) * (1.0 / (1 << 24))
+
+
+@njit(parallel=True, cache=True)
+def _dropout(x, p, keep_scale, seed, y):
+    """y = x / keep_scale where the (seed, index) uniform >= p, else 0."""
+    for i in prange(x.size):
+        if dropout_uniform(seed, np.uint64(i)) >= p:
+            y[i] = x[i] / keep_scale
+        else:
+            y[i] = 0
+
+
+def dropout_forward(x, p, seed):
+    """Inverted dropout with the contract's hash mask: kept values scaled by 1/(1-p)."""
+    x = np.ascontiguousarray(x)
+    if p <= 0:
+        return x.copy()
+    y = np.empty_like(x)
+    # The division happens in x's dtype, as in the reference (NumPy casts 1 - p to x's dtype).
+    _dropout(x.reshape(-1), float(p), x.dtype.type(1 - p), np.uint64(seed), y.reshape(-1))
+    return y
+
+
+def dropout_backward(gy, p, seed):
+    """The same mask and scale, recomputed from the seed, applied to the gradient."""
+    return dropout_forward(gy, p, seed)
+
+
+# ----------------------------------------------------------------------------- crop and concatenate
+
+@njit(parallel=True, cache=True)
+def _crop_concat(skip, up, top, left, y):
+    n, cs, hu, wu = skip.shape[0], skip.shape[1], up.shape[2], up.shape[3]
+    cu = up.shape[1]
+    for plane in prange(n * (cs + cu)):
+        img, ch = plane // (cs + cu), plane % (cs + cu)
+        for r in range(hu):
+            for col in range(wu):
+                if ch < cs:
+                    y[img, ch, r, col] = skip[img, ch, top + r, left + col]
+                else:
+                    y[img, ch, r, col] = up[img, ch - cs, r, col]
+
+
+@njit(parallel=True, cache=True)
+def _split_uncrop(gy, top, left, gskip, gup):
+    n, cs, hs, ws = gskip.shape
+    cu, hu, wu = gup.shape[1], gup.shape[2], gup.shape[3]
+    for plane in prange(n * (cs + cu)):
+        img, ch = plane // (cs + cu), plane % (cs + cu)
+        if ch < cs:
+            for r in range(hs):
+                for col in range(ws):
+                    inside = top <= r < top + hu and left <= col < left + wu
+                    gskip[img, ch, r, col] = gy[img, ch, r - top, col - left] if inside else 0
+        else:
+            for r in range(hu):
+                for col in range(wu):
+                    gup[img, ch - cs, r, col] = gy[img, ch, r, col]
+
+
+def crop_concat_forward(skip, up):
+    """[center_crop(skip to up's H,W), up] stacked on channels, written once into a new buffer."""
+    if skip.shape[0] != up.shape[0]:
+        raise ValueError(f"crop_concat: batch sizes differ ({skip.shape[0]} vs {up.shape[0]})")
+    top, left = crop_margins(skip.shape[2:], up.shape[2:])
+    n, cs, cu = skip.shape[0], skip.shape[1], up.shape[1]
+    y = np.empty((n, cs + cu) + tuple(up.shape[2:]), dtype=np.result_type(skip.dtype, up.dtype))
+    _crop_concat(skip, up, top, left, y)
+    return y
+
+
+def crop_concat_backward(gy, skip_shape):
+    """(gskip, gup): the skip's channels go back into its cropped window (zeros around it)."""
+    n, cs, hs, ws = skip_shape
+    hu, wu = gy.shape[2:]
+    top, left = crop_margins((hs, ws), (hu, wu))
+    gskip = np.empty(tuple(skip_shape), dtype=gy.dtype)
+    gup = np.empty((n, gy.shape[1] - cs, hu, wu), dtype=gy.dtype)
+    _split_uncrop(gy, top, left, gskip, gup)
+    return gskip, gup

@@ -1,0 +1,93 @@
+"""Stride-2 transposed convolution (k x k kernel, no padding) as one GEMM plus a col2im pass.
+
+Forward: ``cols = W^T @ x`` turns each input pixel into its K*k*k "stamp" (one GEMM,
+(K*k*k, C) @ (C, H*W)); a Numba pass then adds the stamps into the output, each input pixel's
+stamp placed 2 pixels after its neighbour's (col2im). For k=2 the stamps do not overlap; for k=4
+each output pixel gathers 4 of them. Backward mirrors it: an im2col gather of gy into the
+stamps' layout, then two GEMMs (gx = W @ gcols, gw = x @ gcols^T).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .blas import gemm, parallel_for
+
+
+@njit(parallel=True, cache=True)
+def _col2im(cols, bias, y):
+    """y[k, oy, ox] = bias[k] + sum of cols[k, i, j, h, w] over (2h+i, 2w+j) = (oy, ox)."""
+    k_out, kh, kw, h, w = cols.shape
+    _, oh, ow = y.shape
+    for k in prange(k_out):
+        for oy in range(oh):
+            for ox in range(ow):
+                total = bias[k]
+                # Taps i with the same parity as oy and 0 <= (oy - i) / 2 < h.
+                for i in range(oy % 2, kh, 2):
+                    r = (oy - i) // 2
+                    if r < 0 or r >= h:
+                        continue
+                    for j in range(ox % 2, kw, 2):
+                        q = (ox - j) // 2
+                        if 0 <= q < w:
+                            total += cols[k, i, j, r, q]
+                y[k, oy, ox] = total
+
+
+@njit(parallel=True, cache=True)
+def _im2col(gy, gcols):
+    """gcols[k, i, j, h, w] = gy[k, 2h+i, 2w+j]: the stamps' layout of _col2im, gathered."""
+    k_out, kh, kw, h, w = gcols.shape
+    for k in prange(k_out):
+        for i in range(kh):
+            for j in range(kw):
+                for r in range(h):
+                    for q in range(w):
+                        gcols[k, i, j, r, q] = gy[k, 2 * r + i, 2 * q + j]
+
+
+def conv_transpose2d_forward(x, w, b):
+    """x (N,C,H,W), w (C,K,k,k), b (K,) or None -> y (N,K,2(H-1)+k,2(W-1)+k)."""
+    n, c, h, wd = x.shape
+    c2, k, kh, kw = w.shape
+    if c != c2:
+        raise ValueError(f"conv_transpose2d: input has {c} channels but the weights expect {c2}")
+    x = np.ascontiguousarray(x)
+    w_mat = np.ascontiguousarray(w, dtype=x.dtype).reshape(c, k * kh * kw)
+    bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((n, k, 2 * (h - 1) + kh, 2 * (wd - 1) + kw), dtype=x.dtype)
+    cols = np.empty((k * kh * kw, h * wd), dtype=x.dtype)
+    for img in range(n):
+        x_flat = x[img].reshape(c, h * wd)
+
+        def stamps(part):                  # one worker: a range of input pixels (columns)
+            a, b = part[0], part[-1] + 1
+            gemm(w_mat, x_flat[:, a:b], cols[:, a:b], trans_a=True)
+
+        parallel_for(stamps, range(h * wd))
+        _col2im(cols.reshape(k, kh, kw, h, wd), bias, y[img])
+    return y
+
+
+def conv_transpose2d_backward(x, w, gy):
+    """(gx, gw, gb) of the stride-2 transposed convolution."""
+    n, c, h, wd = x.shape
+    _, k, kh, kw = w.shape
+    dtype = x.dtype
+    x = np.ascontiguousarray(x)
+    gy = np.ascontiguousarray(gy, dtype=dtype)
+    w_mat = np.ascontiguousarray(w, dtype=dtype).reshape(c, k * kh * kw)
+    gx = np.empty_like(x)
+    gw = np.zeros((c, k * kh * kw), dtype=dtype)
+    gcols = np.empty((k * kh * kw, h * wd), dtype=dtype)
+    for img in range(n):
+        _im2col(gy[img], gcols.reshape(k, kh, kw, h, wd))
+        x_flat, gx_flat = x[img].reshape(c, h * wd), gx[img].reshape(c, h * wd)
+
+        def grads(part):                   # one worker: a range of input pixels; its share of gw
+            a, b = part[0], part[-1] + 1
+            gemm(w_mat, gcols[:, a:b], gx_flat[:, a:b])
+            return gemm(x_flat[:, a:b], gcols[:, a:b], np.zeros_like(gw), trans_b=True)
+
+        gw += sum(parallel_for(grads, range(h * wd)))
+    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+    return gx, gw.reshape(c, k, kh, kw), gb
