@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+from pathlib import Path
 import time
 
 import numpy as np
@@ -263,7 +264,14 @@ def main(argv=None):
     parser.add_argument("--tile", type=int, default=572)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.device == "cuda":
+        # GPU timing needs CUDA events and cuDNN settings of its own: benchmarks/cuda_kernels.py.
+        from benchmarks import cuda_kernels
+        forwarded = ["--repeat", str(args.repeat), "--tile", str(args.tile), "--width", str(args.width)]
+        return cuda_kernels.main(forwarded + (["--json", args.json] if args.json else []) + rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     print(header())
     records = run(args.device, args.repeat, tile=args.tile, width=args.width, dtype=args.dtype,
                   progress=lambda r: print(format_row(r), flush=True))
@@ -277,4 +285,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root, for `benchmarks.*`
     sys.exit(main())

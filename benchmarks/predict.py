@@ -127,6 +127,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
+    from benchmarks.train_step import cuda_missing
+    missing = cuda_missing(args.device)
+    if missing:
+        print(f"benchmarks/predict.py: {missing}", file=sys.stderr)
+        return 2
     result = run(args.width, args.tile, args.size, args.batch, args.device, args.repeat, args.warmup)
     print(format_table(result))
     if args.json:
@@ -136,4 +141,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root, for `benchmarks.*`
     sys.exit(main())

@@ -206,6 +206,15 @@ def format_table(r):
     return "\n".join(lines)
 
 
+def cuda_missing(device):
+    """A one-line reason when --device cuda cannot run here, else None."""
+    if device != "cuda":
+        return None
+    from minunet.kernels import cuda
+    ok, why = cuda.available()
+    return None if ok else f"--device cuda needs a CUDA GPU and the [cuda] extra: pip install 'minunet[cuda]' (missing: {why})"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=64)
@@ -218,6 +227,10 @@ def main(argv=None):
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-compile child process")
     parser.add_argument("--child", choices=["minunet", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    missing = cuda_missing(args.device)
+    if missing:
+        print(f"benchmarks/train_step.py: {missing}", file=sys.stderr)
+        return 2
     if args.child:
         _child_main(args.child, args.width, args.tile, args.device)
         return 0

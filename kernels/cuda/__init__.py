@@ -14,12 +14,12 @@ what is missing and every kernel raises a one-line :class:`minunet.errors.UserEr
     loss.py         fused weighted softmax cross-entropy, softmax
     optim.py        SGD with momentum, Adam
 """
-from .arrays import array_module, asarray, available, cuda, to_numpy
+from .arrays import array_module, asarray, available, cuda, synchronize, to_numpy
 
 name = "cuda"
 
 __all__ = [
-    "name", "xp", "asarray", "to_numpy", "available",
+    "name", "xp", "asarray", "to_numpy", "available", "synchronize",
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
     "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
@@ -44,7 +44,7 @@ else:                                   # no numba-cuda: every kernel explains w
         kernel.__doc__ = f"{op}: needs numba-cuda (pip install 'minunet[cuda]')."
         return kernel
 
-    for _op in __all__[5:]:
+    for _op in __all__[6:]:
         globals()[_op] = _missing(_op)
 
 

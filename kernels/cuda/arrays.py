@@ -79,6 +79,14 @@ def to_numpy(a):
     return np.asarray(a)
 
 
+def synchronize():
+    """Wait for every kernel queued on CuPy's current stream (for timing; a no-op in the simulator)."""
+    require()
+    if not SIMULATOR:
+        import cupy
+        cupy.cuda.get_current_stream().synchronize()
+
+
 def contiguous(a):
     """The array itself when C-contiguous, else a contiguous copy (kernels index flat memory)."""
     return array_module().ascontiguousarray(a)
