@@ -152,9 +152,10 @@ class _Progress:
               help="Context beyond the image border: mirror (the paper) or zero (the dental network). "
                    "Default: what the model was trained with, else mirror.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average over the 8 flips/rotations (8x slower).")
-@click.option("--output-format", type=click.Choice(FORMATS), default="foreground", show_default=True,
+@click.option("--output-format", type=click.Choice(FORMATS), default=None,
               help="foreground: float32 probability of class 1 (ISBI submission format); "
-                   "labels: uint8 argmax class map; probs: float32 probabilities of every class.")
+                   "labels: uint8 argmax class map; probs: float32 probabilities of every class. "
+                   "Default: foreground for a 2-class model, labels for more classes.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--scheduler", default="local", show_default=True, metavar="local|ADDRESS",
               help="Zarr (block-wise) prediction: local threads, or a dask.distributed scheduler address "
@@ -190,6 +191,9 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     from minunet import blockwise, tiling
     from minunet.checkpoint import load_checkpoint, load_model
 
+    if output_format is None:
+        classes = load_checkpoint(model_path).model.get("classes", 2)
+        output_format = "foreground" if classes == 2 else "labels"
     if blockwise.wants_blockwise(input_spec, output):
         _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch, pad, tta,
                            output_format, force, scheduler, block, resume, load_checkpoint)

@@ -627,7 +627,10 @@ class Trainer:
             writer.writerow(["" if row[k] is None else row[k] for k in METRIC_COLUMNS])
         message = (f"iteration {self.iteration}: train loss {_fmt(row['train_loss'])}, "
                    f"val pixel error {_fmt(pixel)}, val Rand error {_fmt(rand)}")
-        key = rand if rand is not None else pixel
+        # Two classes: the best model has the lowest Rand error (the paper's ISBI criterion). More
+        # classes: the Rand error of foreground vs background cannot see classes mixed up, so the
+        # argmax pixel error decides.
+        key = rand if rand is not None and self.classes == 2 else pixel
         if key is not None and (self.best_rand is None or key < self.best_rand):
             self.best_rand, self.best_iteration = key, self.iteration
             self.save(self.out / "best.h5")

@@ -219,3 +219,17 @@ def test_zarr_volume_is_predicted_block_wise(tmp_path, model_file, rng, capsys):
     code, _, err = run(["predict", "-m", model_file, str(tmp_path / "in.zarr"), "-o", str(out), "--device", "cpu",
                         "--tile", "60", "--block", "24", "--tta"], capsys)
     assert_one_line_error(code, err, "--tta")
+
+
+def test_multiclass_model_writes_labels_by_default(tmp_path, rng, capsys):
+    """Class 1's probability means little for a 3-class model: the default output is the class map."""
+    path = tmp_path / "three.h5"
+    save_checkpoint(path, UNet(depth=2, width=2, classes=3, device="cpu", seed=1))
+    raw = rng.integers(0, 256, (30, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "image.tif", raw)
+    out = tmp_path / "labels.tif"
+    code, _, err = run(["predict", "-m", str(path), str(tmp_path / "image.tif"), "-o", str(out), "--device", "cpu"],
+                       capsys)
+    assert code == 0, err
+    labels = tifffile.imread(out)
+    assert labels.dtype == np.uint8 and labels.shape == (30, 30) and labels.max() <= 2
