@@ -204,6 +204,8 @@ def evaluate(pred, truth, slices, metrics, warping_theta, json_path):
     and Rand error (1 - best F-score over thresholds 0.0..1.0), warping error (Jain et al.
     2010) with split and merge counts, V_Rand and V_Info after thinning the predicted
     membranes, and IoU per class. Errors: lower is better; V_Rand, V_Info, IoU: higher.
+    With more than two classes only IoU tells the classes apart: pixel, Rand and warping
+    error compare foreground (any class > 0) with background (class 0).
 
     \b
     Example:

@@ -84,6 +84,47 @@ def test_conv2d(rng, monkeypatch, case, dtype, block):
             assert_close(got[2], want[2], dtype, "conv2d")
 
 
+DIRECT_CASES = [
+    # (N, C, K, H, W): the direct 3x3 kernels (few channels)
+    (1, 1, 3, 7, 9),           # one input channel (the first layer), odd sizes, odd K
+    (2, 1, 4, 5, 12),          # one input channel, batch 2
+    (2, 3, 5, 6, 11),          # batch 2, odd K (the last channel has no partner)
+    (1, 16, 16, 13, 10),       # the width-16 shapes, small
+    (2, 5, 2, 3, 3),           # 1x1 output
+    (1, 2, 1, 4, 40),          # K = 1, long rows
+]
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DIRECT_CASES)
+@pytest.mark.parametrize("path", ["direct", "gemm", "mixed"])
+@pytest.mark.parametrize("block", [1 << 19, 5])
+def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block):
+    """Both paths (and the direct weight gradient with the GEMM input gradient) against the reference."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
+    limit = {"direct": 10 ** 9, "gemm": 0}
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {
+        "forward": limit.get(path, 10 ** 9), "weight_grad": limit.get(path, 10 ** 9),
+        "input_grad": limit.get(path, 0)})
+    n, c, k, h, w = case
+    x, x64 = draw(rng, (n, c, h, w), dtype)
+    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
+    b, b64 = draw(rng, (k,), dtype)
+    for relu in (False, True):
+        y = cpu.conv2d_forward(x, wt, b, relu=relu)
+        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d")
+        gy, gy64 = draw(rng, y.shape, dtype)
+        for need_gx in (True, False):
+            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
+            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
+            assert (got[0] is None) == (not need_gx)
+            for a, e in zip(got, want):
+                if e is not None:
+                    assert a.dtype == dtype
+                    assert_close(a, e, dtype, "conv2d")
+
+
 @pytest.mark.gradcheck
 def test_conv2d_errors_and_views(rng):
     with pytest.raises(ValueError):

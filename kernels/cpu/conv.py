@@ -16,6 +16,14 @@ Backward uses the same windows: the weight gradient of tap (i, j) is ``gy_wide @
 and the input gradient is ``w[:, :, i, j]^T @ gy_wide`` accumulated into the shifted window of
 ``gx`` (a "full" correlation), where gy_wide is gy at row width W with zeros in the junk
 columns (and ReLU's mask applied: the fusion of ReLU's backward).
+
+Few channels: with C or K around 16-32 each tap GEMM has a contraction of only C and re-reads its
+accumulator nine times, so OpenBLAS runs far below its peak (and with C = 1, the first layer, the
+"GEMMs" are outer products). For 3x3 kernels and few channels a direct Numba loop nest is used
+instead (``_direct3x3``): the input gradient is the same kernel run on the zero-padded gy with
+the weights flipped and transposed (a full correlation is a valid one on padded input), and the
+weight gradient has a direct kernel of its own. Which path runs is chosen per direction by the
+thresholds in ``DIRECT_MAX`` (measured crossovers, see docs/performance.md).
 """
 import numpy as np
 from numba import njit, prange
@@ -46,6 +54,126 @@ def _epilogue(acc, bias, relu, y, r0, width):
                 y[k, r0 + r, col] = v
 
 
+# The direct path runs for 3x3 kernels when C * K is at most this, per direction: measured
+# crossovers, one core each, against OpenBLAS (docs/performance.md). Forward: direct wins up to
+# 32->32 (1.1-3x), ties at 64->32, loses from 32->64 on. Backward: direct wins up to 16->32 / 32->16
+# (1.2-1.8x), ties at 32->32; mixing paths costs a second pass over gy (gy_wide and gy_pad), so
+# both gradients switch together. Tests set these to 0 or a huge value to force a path.
+DIRECT_MAX = {"forward": 32 * 32, "weight_grad": 16 * 32, "input_grad": 16 * 32}
+
+
+def _use_direct(direction, c, k, kh, kw):
+    return kh == 3 and kw == 3 and c * k <= DIRECT_MAX[direction]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, inline="always")
+def _taps_pair(o0, o1, u, v, x0, x1, x2):
+    """o0 += u (*) rows and o1 += v (*) rows: two output rows from one channel's three input rows.
+
+    u, v are 3x3 weights of two output channels. The nine taps are written out and both outputs
+    share the nine input loads per column: ~1.5x faster than one output channel at a time (four
+    gained only ~8% more). LLVM vectorises across the independent columns; "contract" lets it
+    use FMA instructions (no reassociation: the sum's order is as written). Inlined into
+    ``_direct3x3`` (which must carry the same flag: an inlined body takes its caller's flags).
+    """
+    u0, u1, u2, u3, u4, u5, u6, u7, u8 = u[0, 0], u[0, 1], u[0, 2], u[1, 0], u[1, 1], u[1, 2], u[2, 0], u[2, 1], u[2, 2]
+    v0, v1, v2, v3, v4, v5, v6, v7, v8 = v[0, 0], v[0, 1], v[0, 2], v[1, 0], v[1, 1], v[1, 2], v[2, 0], v[2, 1], v[2, 2]
+    for col in range(o0.shape[0]):
+        a0, a1, a2 = x0[col], x0[col + 1], x0[col + 2]
+        a3, a4, a5 = x1[col], x1[col + 1], x1[col + 2]
+        a6, a7, a8 = x2[col], x2[col + 1], x2[col + 2]
+        o0[col] += u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3 + u4 * a4 + u5 * a5 + u6 * a6 + u7 * a7 + u8 * a8
+        o1[col] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3 + v4 * a4 + v5 * a5 + v6 * a6 + v7 * a7 + v8 * a8
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def _direct3x3(x, w, bias, relu, y):
+    """y[n, k, r, :] = act(bias[k] + sum_c,i,j w[k, c, i, j] x[n, c, r + i, j:j + Wo]), 3x3 valid.
+
+    One task per output row (all K channels): its three input rows of every channel (3 C W
+    values) stay in L1/L2 while the K output rows are computed from them, two channels at a
+    time (``_taps_pair``); with K odd the last channel's partner is a scratch row.
+    """
+    n, k_out, ho, wo = y.shape
+    c_in = x.shape[1]
+    for task in prange(n * ho):
+        img, r = task // ho, task % ho
+        scratch = np.empty(wo, dtype=y.dtype)
+        for k in range(0, k_out, 2):
+            k1 = min(k + 1, k_out - 1)
+            o0 = y[img, k, r]
+            o1 = y[img, k1, r] if k1 > k else scratch
+            o0[:] = bias[k]
+            o1[:] = bias[k1]
+            for c in range(c_in):
+                _taps_pair(o0, o1, w[k, c], w[k1, c], x[img, c, r], x[img, c, r + 1], x[img, c, r + 2])
+        if relu:
+            for k in range(k_out):
+                out = y[img, k, r]
+                for col in range(wo):
+                    if out[col] < 0:
+                        out[col] = 0
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _direct3x3_weight_grad(x, gy_pad, rows, zero, partial):
+    """partial[t, k, c, 3i + j] = sum over the rows of block t of gy[k] * x[c] shifted by (i, j).
+
+    gy is the interior of gy_pad (padded by 2 on every side): passing the contiguous padded
+    array, not a strided view of it, lets Numba know its rows are contiguous, which LLVM needs
+    to vectorise the column loop.
+
+    One task per block of ``rows`` output rows (of one image), so the block's input rows stay
+    in cache while every (k, c) pair reads them. Each row gives nine dot products (``zero`` is 0
+    in the input's dtype, so they accumulate in it); "reassoc" lets LLVM split each into vector
+    lanes, as BLAS would (no other fast-math flag: NaN and Inf behave). Rows add up in float64;
+    the caller sums the blocks.
+    """
+    n, k_out = gy_pad.shape[:2]
+    ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
+    c_in = x.shape[1]
+    per_img = (ho + rows - 1) // rows
+    for task in prange(n * per_img):
+        img, r0 = task // per_img, (task % per_img) * rows
+        for k in range(k_out):
+            for c in range(c_in):
+                total = np.zeros(9)
+                for r in range(r0, min(r0 + rows, ho)):
+                    g = gy_pad[img, k, r + 2, 2:2 + wo]
+                    x0, x1, x2 = x[img, c, r], x[img, c, r + 1], x[img, c, r + 2]
+                    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+                    for col in range(wo):
+                        v = g[col]
+                        s0 += v * x0[col]
+                        s1 += v * x0[col + 1]
+                        s2 += v * x0[col + 2]
+                        s3 += v * x1[col]
+                        s4 += v * x1[col + 1]
+                        s5 += v * x1[col + 2]
+                        s6 += v * x2[col]
+                        s7 += v * x2[col + 1]
+                        s8 += v * x2[col + 2]
+                    total[0] += s0
+                    total[1] += s1
+                    total[2] += s2
+                    total[3] += s3
+                    total[4] += s4
+                    total[5] += s5
+                    total[6] += s6
+                    total[7] += s7
+                    total[8] += s8
+                partial[task, k, c] = total
+
+
+# Bytes of the input rows one direct weight-gradient task reads (C x rows x W): they stay in L2.
+DIRECT_BLOCK_BYTES = 1 << 19
+
+
+def _direct_rows(c, width, itemsize):
+    """Output rows per direct weight-gradient task: its input rows fill DIRECT_BLOCK_BYTES."""
+    return max(1, DIRECT_BLOCK_BYTES // (itemsize * c * width))
+
+
 def conv2d_forward(x, w, b, relu=False):
     """Valid stride-1 convolution: x (N,C,H,W), w (K,C,kh,kw), b (K,) or None -> (N,K,Ho,Wo).
 
@@ -62,6 +190,9 @@ def conv2d_forward(x, w, b, relu=False):
     taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=x.dtype)   # (kh, kw, K, C)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    if _use_direct("forward", c, k, kh, kw):
+        _direct3x3(x, np.ascontiguousarray(w, dtype=x.dtype), bias, relu, y)
+        return y
     wide_len = (ho - 1) * wd + wo          # flat positions whose windows stay inside the image
     rows = _rows_per_block(ho, wd, c + k, x.itemsize)
 
@@ -82,21 +213,27 @@ def conv2d_forward(x, w, b, relu=False):
 
 
 @njit(parallel=True, cache=True)
-def _widen_grad(gy, y, use_mask, width, gy_wide, gb):
-    """gy at row width ``width`` (junk columns zero), masked by y > 0 if use_mask; gb = its sum."""
+def _place_grad(gy, y, use_mask, out, top, left, gb):
+    """out[:, k, top + r, left + col] = gy (masked by y > 0 if use_mask), zero elsewhere; gb = its sum.
+
+    With top = left = 0 and out at row width W this is gy "widened" for the GEMMs (junk columns
+    zero); with top, left = kh - 1, kw - 1 it is gy zero-padded for the direct input gradient.
+    """
     n, k_out, ho, wo = gy.shape
     for k in prange(k_out):
         total = 0.0
         for img in range(n):
-            for r in range(ho):
-                row = gy_wide[img, k, r * width:(r + 1) * width]
+            for row_out in range(out.shape[2]):
+                row, r = out[img, k, row_out], row_out - top
+                row[:] = 0
+                if r < 0 or r >= ho:
+                    continue
                 for col in range(wo):
                     g = gy[img, k, r, col]
                     if use_mask and not y[img, k, r, col] > 0:
                         g = 0
-                    row[col] = g
+                    row[left + col] = g
                     total += g
-                row[wo:] = 0
         gb[k] = total
 
 
@@ -112,17 +249,47 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy, dtype=dtype)
     mask = np.ascontiguousarray(y) if y is not None else gy
-    gy_wide = np.empty((n, k, ho * wd), dtype=dtype)
     gb = np.empty(k, dtype=dtype)
-    _widen_grad(gy, mask, y is not None, wd, gy_wide, gb)
+    direct_gw = _use_direct("weight_grad", c, k, kh, kw)
+    direct_gx = need_gx and _use_direct("input_grad", c, k, kh, kw)
+    gy_wide = gy_pad = None
+    if not direct_gw or (need_gx and not direct_gx):
+        gy_wide = np.empty((n, k, ho * wd), dtype=dtype)
+        _place_grad(gy, mask, y is not None, gy_wide.reshape(n, k, ho, wd), 0, 0, gb)
+    if direct_gw or direct_gx:
+        # Padded by kh-1, kw-1 on every side (H+2 x W+2 for 3x3); also the masked gy for direct_gw.
+        gy_pad = np.empty((n, k, ho + 2 * (kh - 1), wo + 2 * (kw - 1)), dtype=dtype)
+        _place_grad(gy, mask, y is not None, gy_pad, kh - 1, kw - 1, gb)
     del mask
 
-    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=dtype)     # (kh, kw, K, C)
+    if direct_gw:
+        rows = _direct_rows(c, wd, x.itemsize)
+        partial = np.empty((n * -(-ho // rows), k, c, kh * kw), dtype=np.float64)
+        _direct3x3_weight_grad(x, gy_pad, rows, dtype.type(0), partial)
+        gw = partial.sum(axis=0).astype(dtype).reshape(k, c, kh, kw)
+    else:
+        gw = _gemm_weight_grad(x, w, gy_wide)
+    gx = None
+    if direct_gx:
+        # gx is the valid correlation of the padded gy with the flipped, transposed weights.
+        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype)
+        gx = np.empty_like(x)
+        _direct3x3(gy_pad, w_flip, np.zeros(c, dtype), False, gx)
+    elif need_gx:
+        gx = _gemm_input_grad(x, w, gy_wide)
+    return gx, gw, gb
+
+
+def _gemm_weight_grad(x, w, gy_wide):
+    """gw (K, C, kh, kw) as nine GEMMs per block: gy block x shifted x block^T, accumulated."""
+    n, c, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    ho, wo = h - kh + 1, wd - kw + 1
     wide_len = (ho - 1) * wd + wo
     rows = _rows_per_block(ho, wd, c + k, x.itemsize)
 
-    def weight_grad(part):                 # one worker: gy block x shifted x block^T, nine GEMMs each
-        gtaps = np.zeros((kh, kw, k, c), dtype=dtype)
+    def weight_grad(part):                 # one worker: its blocks, into its own gtaps
+        gtaps = np.zeros((kh, kw, k, c), dtype=x.dtype)
         for img, r0 in part:
             x_flat, g = x[img].reshape(c, h * wd), gy_wide[img]
             p0, p1 = r0 * wd, min((r0 + rows) * wd, wide_len)
@@ -133,21 +300,29 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
         return gtaps
 
     gtaps = sum(parallel_for(weight_grad, [(img, r0) for img in range(n) for r0 in range(0, ho, rows)]))
-    gx = None
-    if need_gx:
-        gx = np.zeros_like(x)
+    return np.ascontiguousarray(gtaps.transpose(2, 3, 0, 1))
 
-        def input_grad(part):              # one worker: blocks of gx rows; tap (i, j) adds w_ij^T @ gy shifted
-            for img, r0 in part:
-                gx_flat, g = gx[img].reshape(c, h * wd), gy_wide[img]
-                q0, q1 = r0 * wd, min((r0 + rows) * wd, h * wd)
-                for i in range(kh):
-                    for j in range(kw):
-                        off = i * wd + j
-                        p0, p1 = max(0, q0 - off), min(wide_len, q1 - off)
-                        if p1 > p0:
-                            gemm(taps[i, j], g[:, p0:p1], gx_flat[:, p0 + off:p1 + off], trans_a=True, beta=1.0)
 
-        parallel_for(input_grad, [(img, r0) for img in range(n) for r0 in range(0, h, rows)])
-    gw = np.ascontiguousarray(gtaps.transpose(2, 3, 0, 1))
-    return gx, gw, gb
+def _gemm_input_grad(x, w, gy_wide):
+    """gx as a "full" correlation: per block of gx rows, tap (i, j) adds w_ij^T @ gy shifted."""
+    n, c, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    ho, wo = h - kh + 1, wd - kw + 1
+    wide_len = (ho - 1) * wd + wo
+    rows = _rows_per_block(ho, wd, c + k, x.itemsize)
+    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=x.dtype)     # (kh, kw, K, C)
+    gx = np.zeros_like(x)
+
+    def input_grad(part):                  # one worker: blocks of gx rows
+        for img, r0 in part:
+            gx_flat, g = gx[img].reshape(c, h * wd), gy_wide[img]
+            q0, q1 = r0 * wd, min((r0 + rows) * wd, h * wd)
+            for i in range(kh):
+                for j in range(kw):
+                    off = i * wd + j
+                    p0, p1 = max(0, q0 - off), min(wide_len, q1 - off)
+                    if p1 > p0:
+                        gemm(taps[i, j], g[:, p0:p1], gx_flat[:, p0 + off:p1 + off], trans_a=True, beta=1.0)
+
+    parallel_for(input_grad, [(img, r0) for img in range(n) for r0 in range(0, h, rows)])
+    return gx
