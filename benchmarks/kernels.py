@@ -14,12 +14,13 @@ PyTorch is imported only here; it is not a dependency of minunet.
 """
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
-import time
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
+from benchmarks.timing import interleaved  # noqa: E402
 
 
 def network_ops(tile=572, width=64, depth=5, in_channels=1, classes=2, up_kernel=2):
@@ -78,19 +79,6 @@ def _describe(op, p):
     if op == "sgd_step":
         return f"{p['n']} params"
     return f"{p['c']}@{p['h']}"
-
-
-def _median_interleaved(fns, repeat):
-    """Median seconds of each zero-argument function, called in turn, after one warm-up call each."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def _cases(op, p, kb, torch, dtype, rng):
@@ -225,10 +213,10 @@ def run(device="cpu", repeat=5, tile=572, width=64, dtype="float32", seed=0, pro
                 # minus a separately timed forward, interleaved in the same loop.
                 forward = next(c for c in records[::-1] if c["op"] == op and c["direction"] == "forward"
                                and c["shape"] == _describe(op, p))["_torch_fwd"]
-                mine_s, both_s, fwd_s = _median_interleaved([mine, theirs, forward], repeat)
+                mine_s, both_s, fwd_s = interleaved([mine, theirs, forward], 1, repeat)[0]
                 torch_s = max(both_s - fwd_s, 1e-9)
             else:
-                mine_s, torch_s = _median_interleaved([mine, theirs], repeat)
+                mine_s, torch_s = interleaved([mine, theirs], 1, repeat)[0]
             rec = dict(op=op, direction=direction, shape=_describe(op, p), minunet_ms=1e3 * mine_s,
                        torch_ms=1e3 * torch_s, ratio=mine_s / torch_s)
             if flops:

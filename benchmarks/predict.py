@@ -17,12 +17,13 @@ and the case. PyTorch is imported only here; it is not a dependency of minunet.
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
+from benchmarks.timing import interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,20 +60,6 @@ def torch_predict(twin, image, model, tile, batch, device="cpu"):
     return probs[:, :h, :w]
 
 
-def _interleaved(fns, warmup, repeat):
-    """Median seconds of each function, called in turn, after ``warmup`` calls each."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times], times
-
-
 def run(width=64, tile=572, size=512, batch=4, device="cpu", repeat=3, warmup=1, seed=0, progress=print):
     """Time overlap-tile prediction in minunet and PyTorch; returns the figures as a dict."""
     torch = _import_torch()
@@ -99,7 +86,7 @@ def run(width=64, tile=572, size=512, batch=4, device="cpu", repeat=3, warmup=1,
     n_tiles = tiling.count_tiles(model, tile, size, size)
     progress(f"{size}x{size} image, tile {tile} ({n_tiles} tiles, batch {batch}), width {width}, "
              f"device {device}: {warmup} warm-up + {repeat} timed runs each, interleaved ...")
-    (m, t), runs = _interleaved([mine, theirs], warmup, repeat)
+    (m, t), runs = interleaved([mine, theirs], warmup, repeat)
     return dict(width=width, tile=tile, size=size, batch=batch, device=device, repeat=repeat, tiles=n_tiles,
                 torch_threads=torch.get_num_threads(), minunet_s=m, torch_s=t, ratio=m / t,
                 minunet_runs_s=runs[0], torch_runs_s=runs[1],

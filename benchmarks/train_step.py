@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
+from benchmarks.timing import interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,20 +125,6 @@ class TorchCase:
         return out
 
 
-def _interleaved(fns, warmup, repeat):
-    """Median seconds of each function, called in turn, after ``warmup`` calls each."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times], times
-
-
 def _child(which, width, tile, device, env=None):
     """Run two training steps of one library in a fresh process; its first-step time and peak RSS."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--width", str(width),
@@ -182,8 +170,8 @@ def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=
     progress(f"timing {repeat} interleaved training steps after {warmup} warm-up ...")
     mine = MinunetCase(width, tile, device)
     theirs = TorchCase(mine, device)
-    (m_step, t_step), steps = _interleaved([mine.step, theirs.step], warmup, repeat)
-    (m_fwd, t_fwd), fwds = _interleaved([mine.forward, theirs.forward], warmup, repeat)
+    (m_step, t_step), steps = interleaved([mine.step, theirs.step], warmup, repeat)
+    (m_fwd, t_fwd), fwds = interleaved([mine.forward, theirs.forward], warmup, repeat)
     result.update(minunet_step_s=m_step, torch_step_s=t_step, step_ratio=m_step / t_step,
                   minunet_forward_s=m_fwd, torch_forward_s=t_fwd, forward_ratio=m_fwd / t_fwd,
                   minunet_step_runs_s=steps[0], torch_step_runs_s=steps[1],
