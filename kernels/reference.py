@@ -6,6 +6,8 @@ compares analytic gradients with finite differences. See ``minunet.kernels`` for
 """
 import numpy as np
 
+from .shapes import conv2d_output_hw, conv_transpose2d_output_hw, crop_margins
+
 name = "reference"
 xp = np
 
@@ -24,13 +26,9 @@ def to_numpy(a):
 
 def conv2d_forward(x, w, b, relu=False):
     """Valid, stride-1 convolution as a sum over kernel offsets of channel contractions."""
-    n, c, h, wd = x.shape
-    k, c2, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv2d: input has {c} channels but the weights expect {c2}")
-    ho, wo = h - kh + 1, wd - kw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the {kh}x{kw} kernel")
+    n = x.shape[0]
+    k, _, kh, kw = w.shape
+    ho, wo = conv2d_output_hw(x.shape, w.shape)
     y = np.zeros((n, k, ho, wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -95,10 +93,8 @@ def max_pool2d_backward(gy, idx, x_shape):
 def conv_transpose2d_forward(x, w, b):
     """Stride-2 transposed convolution: every input pixel stamps a k x k kernel, 2 pixels apart."""
     n, c, h, wd = x.shape
-    c2, k, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv_transpose2d: input has {c} channels but the weights expect {c2}")
-    y = np.zeros((n, k, 2 * (h - 1) + kh, 2 * (wd - 1) + kw), dtype=x.dtype)
+    _, k, kh, kw = w.shape
+    y = np.zeros((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             y[:, :, i:i + 2 * h - 1:2, j:j + 2 * wd - 1:2] += np.einsum("nchw,ck->nkhw", x, w[:, :, i, j], optimize=True)
@@ -123,19 +119,6 @@ def conv_transpose2d_backward(x, w, gy):
 
 
 # ----------------------------------------------------------------------------- crop and concatenate
-
-def crop_margins(skip_hw, up_hw):
-    """Top and left margins that center-crop a skip map of size skip_hw to up_hw."""
-    (hs, ws), (hu, wu) = skip_hw, up_hw
-    dh, dw = hs - hu, ws - wu
-    if dh < 0 or dw < 0:
-        raise ValueError(f"crop_concat: skip map {hs}x{ws} is smaller than the up-sampled map {hu}x{wu}")
-    if dh % 2 or dw % 2:
-        raise ValueError(
-            f"crop_concat: cannot center-crop {hs}x{ws} to {hu}x{wu}: the margins ({dh}, {dw}) are odd; "
-            "choose a tile size from minunet.geometry so every level has even margins")
-    return dh // 2, dw // 2
-
 
 def crop_concat_forward(skip, up):
     """Center-crop the skip map to the up-sampled map's size and stack [skip, up] on channels."""

@@ -28,6 +28,7 @@ thresholds in ``DIRECT_MAX`` (measured crossovers, see docs/performance.md).
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import conv2d_output_hw
 from .blas import WORKERS, gemm, parallel_for
 
 # Bytes of one block's operands (the C x block input window and the K x block accumulator): they
@@ -216,11 +217,7 @@ def conv2d_forward(x, w, b, relu=False):
     """
     n, c, h, wd = x.shape
     k, c2, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv2d: input has {c} channels but the weights expect {c2}")
-    ho, wo = h - kh + 1, wd - kw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the {kh}x{kw} kernel")
+    ho, wo = conv2d_output_hw(x.shape, w.shape)
     x = np.ascontiguousarray(x)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((n, k, ho, wo), dtype=x.dtype)

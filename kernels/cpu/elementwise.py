@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ..reference import crop_margins
+from ..shapes import crop_margins
 
 
 # ----------------------------------------------------------------------------- ReLU

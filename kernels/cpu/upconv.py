@@ -9,6 +9,7 @@ stamps' layout, then two GEMMs (gx = W @ gcols, gw = x @ gcols^T).
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import conv_transpose2d_output_hw
 from .blas import gemm, parallel_for
 
 
@@ -48,13 +49,11 @@ def _im2col(gy, gcols):
 def conv_transpose2d_forward(x, w, b):
     """x (N,C,H,W), w (C,K,k,k), b (K,) or None -> y (N,K,2(H-1)+k,2(W-1)+k)."""
     n, c, h, wd = x.shape
-    c2, k, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv_transpose2d: input has {c} channels but the weights expect {c2}")
+    _, k, kh, kw = w.shape
     x = np.ascontiguousarray(x)
     w_mat = np.ascontiguousarray(w, dtype=x.dtype).reshape(c, k * kh * kw)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
-    y = np.empty((n, k, 2 * (h - 1) + kh, 2 * (wd - 1) + kw), dtype=x.dtype)
+    y = np.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), dtype=x.dtype)
     cols = np.empty((k * kh * kw, h * wd), dtype=x.dtype)
     for img in range(n):
         x_flat = x[img].reshape(c, h * wd)

@@ -31,6 +31,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..shapes import conv2d_output_hw
 from . import arrays
 from .arrays import ceil_div, cuda, launch
 from .elementwise import relu_backward
@@ -370,11 +371,7 @@ def conv2d_forward(x, w, b, relu=False):
     arrays.require()
     n, c, h, wd = x.shape
     k, c2, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv2d: input has {c} channels but the weights expect {c2}")
-    ho, wo = h - kh + 1, wd - kw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the {kh}x{kw} kernel")
+    ho, wo = conv2d_output_hw(x.shape, w.shape)
     dt = arrays.float_dtype(x, w, b)
     xp = arrays.array_module()
     x, w = arrays.contiguous(x), arrays.contiguous(w)

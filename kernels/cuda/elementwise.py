@@ -7,6 +7,7 @@ import numpy as np
 
 from . import arrays
 from .arrays import THREADS, blocks, cuda, launch
+from ..shapes import crop_margins
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)     # the same constants as reference.dropout_uniform
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -129,7 +130,6 @@ def dropout_backward(gy, p, seed):
 
 def crop_concat_forward(skip, up):
     """concat([center_crop(skip), up], axis=1): two window copies into one output."""
-    from minunet.kernels.reference import crop_margins
     arrays.require()
     if skip.shape[0] != up.shape[0]:
         raise ValueError(f"crop_concat: batch sizes differ ({skip.shape[0]} vs {up.shape[0]})")
@@ -147,7 +147,6 @@ def crop_concat_forward(skip, up):
 
 def crop_concat_backward(gy, skip_shape):
     """(gskip, gup): the skip's channels pasted back into its cropped window, the rest copied."""
-    from minunet.kernels.reference import crop_margins
     arrays.require()
     xp = arrays.array_module()
     gy = arrays.contiguous(gy)
