@@ -23,23 +23,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import interleaved  # noqa: E402
+from benchmarks.timing import import_torch, interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("benchmarks/predict.py compares against PyTorch, which is not installed: "
-                         "pip install torch (CPU build) to run it") from None
-    return torch
-
-
 def torch_predict(twin, image, model, tile, batch, device="cpu"):
     """The overlap-tile strategy of minunet.tiling, with the PyTorch twin running the tiles."""
-    torch = _import_torch()
+    torch = import_torch("benchmarks/predict.py")
     from minunet import tiling
     h, w = image.shape
     geo = model.geometry(tile)
@@ -62,7 +53,7 @@ def torch_predict(twin, image, model, tile, batch, device="cpu"):
 
 def run(width=64, tile=572, size=512, batch=4, device="cpu", repeat=3, warmup=1, seed=0, progress=print):
     """Time overlap-tile prediction in minunet and PyTorch; returns the figures as a dict."""
-    torch = _import_torch()
+    torch = import_torch("benchmarks/predict.py")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from benchmarks.torch_unet import TorchUNet

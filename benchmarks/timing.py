@@ -22,3 +22,13 @@ def interleaved(fns, warmup=1, repeat=3):
             fn()
             ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times], times
+
+
+def import_torch(script):
+    """PyTorch, the yardstick; a clear exit when it is missing (it is never a minunet dependency)."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(f"{script} compares against PyTorch, which is not installed: "
+                         "pip install torch==2.13.0 (CPU build) to run it") from None
+    return torch

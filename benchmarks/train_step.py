@@ -30,18 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import interleaved  # noqa: E402
+from benchmarks.timing import import_torch, interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("benchmarks/train_step.py compares against PyTorch, which is not installed: "
-                         "pip install torch (CPU build) to run it") from None
-    return torch
 
 
 class MinunetCase:
@@ -87,7 +78,7 @@ class TorchCase:
     """The PyTorch twin with the same weights and data."""
 
     def __init__(self, mine, device):
-        torch = _import_torch()
+        torch = import_torch("benchmarks/train_step.py")
         from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
         self.torch, self.loss_fn = torch, weighted_cross_entropy
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -152,7 +143,7 @@ def _child_main(which, width, tile, device):
 
 def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=True, progress=print):
     """Time a training step and inference in minunet and PyTorch; returns the figures as a dict."""
-    _import_torch()
+    import_torch("benchmarks/train_step.py")
     sys.path.insert(0, str(ROOT))
     result = dict(width=width, tile=tile, device=device, repeat=repeat)
     if cold:
