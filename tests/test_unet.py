@@ -34,24 +34,32 @@ def test_eval_mode_disables_dropout(rng):
     np.testing.assert_array_equal(a, b)
 
 
-def compare_with_torch(width, tile, dtype, device, tol, rng, depth=5, up_kernel=2, draws=5):
+def compare_with_torch(width, tile, dtype, device, tol, rng, depth=5, up_kernel=2, draws=20, batch=2):
     """Logits, loss and every parameter gradient of minunet vs the PyTorch twin (same weights, mask).
 
-    In float32 a ReLU input within rounding of zero can flip sign in one implementation and not the
-    other, which changes the gradient far beyond rounding (both differ from the float64 truth).
-    Like the finite-difference checks keep away from kinks, a float32 draw is accepted only when
-    PyTorch's own float32 gradients agree with its float64 ones to 1e-5; otherwise the inputs are
-    redrawn (at most ``draws`` times).
+    float64: every tensor agrees to ``tol``. float32: a ReLU input within rounding of zero can flip
+    sign in one implementation and not the other, changing a gradient far beyond rounding; at width
+    64 PyTorch's own float32 gradients differ from its float64 ones by more than 1e-4 in about half
+    the draws. So in float32, in every draw, the logits and the loss must agree to ``tol`` and the
+    median gradient error of minunet against the float64 truth must be at rounding level (< 1e-5,
+    which a systematic error breaks); a draw where neither implementation met a kink (both within
+    ``tol`` of the float64 truth for every tensor) must then agree tensor by tensor. Draws are
+    repeated until such a draw occurs (at most ``draws``).
     """
     torch = pytest.importorskip("torch")
     for _ in range(draws):
-        ours, theirs, theirs64 = _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel)
-        if theirs64 is None or max(_rel(a, b) for a, b in zip(theirs["grads"], theirs64["grads"])) < 1e-5:
+        ours, theirs, truth = _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel, batch)
+        assert _rel(ours["logits"], theirs["logits"]) < tol
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=tol)
+        if truth is None:
+            break
+        ours_err = [_rel(a, c) for a, c in zip(ours["grads"], truth["grads"])]
+        assert np.median(ours_err) < 1e-5, f"median gradient error vs float64 {np.median(ours_err):.2e}"
+        theirs_err = [_rel(b, c) for b, c in zip(theirs["grads"], truth["grads"])]
+        if max(ours_err) < tol and max(theirs_err) < tol:
             break
     else:
-        pytest.fail(f"no well-conditioned float32 draw in {draws} tries")
-    assert _rel(ours["logits"], theirs["logits"]) < tol
-    assert ours["loss"] == pytest.approx(theirs["loss"], rel=tol)
+        pytest.fail(f"no float32 draw free of ReLU-kink flips in {draws} tries")
     for name, a, b in zip(ours["names"], ours["grads"], theirs["grads"]):
         err = _rel(a, b)
         assert err < tol, f"{name}: relative gradient error {err:.2e}"
@@ -61,17 +69,17 @@ def _rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
-def _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel):
+def _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel, batch=2):
     from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
     from minunet.autograd import Tensor
     from minunet.kernels.reference import dropout_keep_mask
 
     model = UNet(depth=depth, width=width, up_kernel=up_kernel, device=device, dtype=dtype,
                  seed=int(rng.integers(1 << 30)))
-    x = rng.standard_normal((2, 1, tile, tile)).astype(dtype)
+    x = rng.standard_normal((batch, 1, tile, tile)).astype(dtype)
     out = model.geometry(tile).output_size
-    labels = rng.integers(0, 2, (2, out, out)).astype(np.uint8)
-    weights = rng.uniform(1, 10, (2, out, out)).astype(dtype)
+    labels = rng.integers(0, 2, (batch, out, out)).astype(np.uint8)
+    weights = rng.uniform(1, 10, (batch, out, out)).astype(dtype)
 
     peek = np.random.default_rng()
     peek.bit_generator.state = model.dropout_rng.bit_generator.state
@@ -83,7 +91,7 @@ def _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel):
                 grads=[p.backend.to_numpy(p.grad) for p in model.parameters()])
 
     bottom = model.geometry(tile).encoder_sizes[-1]
-    mask = dropout_keep_mask((2, width * 2 ** (depth - 1), bottom, bottom), 0.5, drop_seed)
+    mask = dropout_keep_mask((batch, width * 2 ** (depth - 1), bottom, bottom), 0.5, drop_seed)
 
     def torch_run(tdtype):
         twin = TorchUNet.from_minunet(model, tdtype)
@@ -109,4 +117,4 @@ def test_matches_torch_float32_width8(rng):
 
 
 def test_matches_torch_float32_paper_width(rng):
-    compare_with_torch(width=64, tile=188, dtype=np.float32, device=fast_device(), tol=1e-4, rng=rng)
+    compare_with_torch(width=64, tile=188, dtype=np.float32, device=fast_device(), tol=1e-4, rng=rng, batch=1)
