@@ -119,6 +119,17 @@ def launch(kernel, grid, block, *args):
     kernel[grid, block, stream](*[_device_view(a) for a in args])
 
 
+if cuda is not None:
+    @cuda.jit(device=True)
+    def unravel_nchw(e, channels, height, width):
+        """(n, c, i, j) of flat index e in an (N, channels, height, width) array, w fastest."""
+        j = e % width
+        q = e // width
+        i = q % height
+        q //= height
+        return q // channels, q % channels, i, j
+
+
 def ceil_div(a, b):
     """Integer ceiling of a / b."""
     return -(-a // b)

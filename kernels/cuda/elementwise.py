@@ -6,7 +6,7 @@ grid-stride loop bounded by the element count, so consecutive threads touch cons
 import numpy as np
 
 from . import arrays
-from .arrays import THREADS, blocks, cuda, launch
+from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
 from ..shapes import crop_margins
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)     # the same constants as reference.dropout_uniform
@@ -57,12 +57,7 @@ def _copy_window(src, dst, c_src, top, left, c_dst):
     w = min(src.shape[3] - left, dst.shape[3])
     total = src.shape[0] * nc * h * w
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        j = e % w
-        q = e // w
-        i = q % h
-        q //= h
-        c = q % nc
-        n = q // nc
+        n, c, i, j = unravel_nchw(e, nc, h, w)
         dst[n, c_dst + c, i, j] = src[n, c_src + c, top + i, left + j]
 
 
@@ -74,12 +69,7 @@ def _paste_window(src, dst, c_src, top, left):
     w = src.shape[3]
     total = src.shape[0] * nc * h * w
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        j = e % w
-        q = e // w
-        i = q % h
-        q //= h
-        c = q % nc
-        n = q // nc
+        n, c, i, j = unravel_nchw(e, nc, h, w)
         dst[n, c, top + i, left + j] = src[n, c_src + c, i, j]
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import arrays
-from .arrays import THREADS, blocks, cuda, launch
+from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
 
 
 @cuda.jit
@@ -11,12 +11,7 @@ def _max_pool(x, y, idx):
     n_, c_, ho, wo = y.shape
     total = n_ * c_ * ho * wo
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        j = e % wo
-        q = e // wo
-        i = q % ho
-        q //= ho
-        c = q % c_
-        n = q // c_
+        n, c, i, j = unravel_nchw(e, c_, ho, wo)
         best = x[n, c, 2 * i, 2 * j]
         arg = 0
         v = x[n, c, 2 * i, 2 * j + 1]
@@ -39,12 +34,7 @@ def _max_pool_grad(gy, idx, gx, zero):
     ho, wo = gy.shape[2], gy.shape[3]
     total = n_ * c_ * h * wd
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        j = e % wd
-        q = e // wd
-        i = q % h
-        q //= h
-        c = q % c_
-        n = q // c_
+        n, c, i, j = unravel_nchw(e, c_, h, wd)
         i2 = i // 2
         j2 = j // 2
         g = zero
