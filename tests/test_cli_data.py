@@ -5,18 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from minunet.cli.main import main
-
-
-def run(args, capsys):
-    """Run the command line; returns (exit status, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from cli_runner import run
 
 
 def pngs(folder, stack, names=None):

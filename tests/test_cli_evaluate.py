@@ -8,7 +8,7 @@ import pytest
 
 from minunet.errors import UserError
 from minunet.cli.evaluate import parse_metrics, parse_slices, select_slices
-from minunet.cli.main import main
+from cli_runner import run
 
 needs_imageio = pytest.mark.skipif(importlib.util.find_spec("minunet.imageio") is None,
                                    reason="minunet.imageio (read_stack) not written yet")
@@ -21,17 +21,6 @@ def truth_stack(n=3, size=20):
         out[k, 4 + k, :] = 0
         out[k, :, 6 + 2 * k] = 0
     return out
-
-
-def run(args, capsys):
-    """Run the command line; returns (exit status, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

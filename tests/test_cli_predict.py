@@ -9,31 +9,13 @@ import pytest
 from backends import cpu_ready
 from minunet import tiling
 from minunet.checkpoint import load_model, save_checkpoint
-from minunet.cli.main import main
 from minunet.unet import UNet
+from cli_runner import assert_one_line_error, run
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 h5py = pytest.importorskip("h5py")
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.skipif(not cpu_ready(), reason="the Numba CPU backend (--device cpu) is not ready")
-
-
-def run(args, capsys):
-    """Run the command line; returns (exit status, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from minunet.checkpoint import load_checkpoint
-from minunet.cli.main import main
 from tests.backends import fast_device
 from tests.test_train import one_thread, write_data  # noqa: F401  (one_thread: an autouse fixture)
+from cli_runner import run
 
 TINY = ["--device", fast_device(), "--depth", "3", "--width", "4", "--tile", "92", "--val-slices", "4"]
 
@@ -19,17 +19,6 @@ TINY = ["--device", fast_device(), "--depth", "3", "--width", "4", "--tile", "92
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("data") / "tiny.h5")
-
-
-def run(argv, capsys):
-    """(exit status, stdout, stderr) of `minunet ARGV` run in this process."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_explains_the_cpu_defaults(capsys):

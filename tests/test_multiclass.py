@@ -22,7 +22,7 @@ from minunet import data as D
 from minunet import metrics, tiling
 from minunet import train as T
 from minunet.checkpoint import load_model
-from minunet.cli.main import main
+from cli_runner import run
 
 h5py = pytest.importorskip("h5py")
 tifffile = pytest.importorskip("tifffile")
@@ -144,17 +144,6 @@ def test_dental_network_learns_seven_classes_of_shapes(tmp_path, seed):
 # ----------------------------------------------------------------------------- command line
 
 VALUES = (0, 40, 80, 120, 160, 200, 240)        # label values of classes 0..6 in the PNG masks
-
-
-def run(args, capsys):
-    """(exit status, stdout, stderr) of ``minunet ARGS`` run in this process."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_command_line_round_trip_with_seven_classes(tmp_path, rng, capsys):
