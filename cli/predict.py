@@ -191,12 +191,12 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     from minunet import blockwise, tiling
     from minunet.checkpoint import load_checkpoint, load_model
 
-    if output_format is None:
-        classes = load_checkpoint(model_path).model.get("classes", 2)
-        output_format = "foreground" if classes == 2 else "labels"
     if blockwise.wants_blockwise(input_spec, output):
-        _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch, pad, tta,
-                           output_format, force, scheduler, block, resume, load_checkpoint)
+        checkpoint = load_checkpoint(model_path)
+        _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch,
+                           pad or _trained_pad(checkpoint), tta,
+                           output_format or _default_format(checkpoint.model.get("classes", 2)),
+                           force, scheduler, block, resume)
         return
     path, dataset = parse_output(output)
     check_output(path, force)
@@ -208,8 +208,8 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
             model.geometry(tile)
         except UserError as err:
             raise UserError(f"--tile: {err}") from None
-    if pad is None:
-        pad = (checkpoint.extra.get("config") or {}).get("pad", "mirror")
+    pad = pad or _trained_pad(checkpoint)
+    output_format = output_format or _default_format(model.classes)
     stack = read_input(input_spec, model.in_channels)
     n, h, w = stack.shape
     if tile is None:
@@ -232,14 +232,22 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
                f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
 
 
+def _trained_pad(checkpoint):
+    """The border padding the model was trained with (mirror for files that do not say)."""
+    return (checkpoint.extra.get("config") or {}).get("pad", "mirror")
+
+
+def _default_format(classes):
+    """Class 1's probability (the ISBI format) for two classes, the class map for more."""
+    return "foreground" if classes == 2 else "labels"
+
+
 def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
-                       scheduler, block, resume, load_checkpoint):
+                       scheduler, block, resume):
     """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.blockwise)."""
     from minunet import blockwise
     if tta:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
-    if pad is None:
-        pad = (load_checkpoint(model_path).extra.get("config") or {}).get("pad", "mirror")
     bar = click.progressbar(length=1, label="predicting blocks", file=sys.stderr, show_pos=True) \
         if sys.stderr.isatty() else None
 
