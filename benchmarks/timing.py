@@ -32,3 +32,22 @@ def import_torch(script):
         raise SystemExit(f"{script} compares against PyTorch, which is not installed: "
                          "pip install torch==2.13.0 (CPU build) to run it") from None
     return torch
+
+
+def tune_malloc():
+    """Make glibc's malloc keep freed memory for reuse in this process; True if it took.
+
+    By default every large array is a fresh ``mmap`` whose pages the kernel faults in and zeroes
+    on first touch, and is unmapped again when freed. minunet's CPU backend caches its large
+    buffers itself (kernels/cpu/buffers.py); PyTorch's CPU allocator does not, and pays that cost
+    every step unless the process's allocator is tuned (jemalloc, tcmalloc, or this). With
+    ``--tuned-malloc`` the benchmarks compare both with this tuning, for the figure a PyTorch
+    user who tunes the allocator would see.
+    """
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import import_torch, interleaved  # noqa: E402
+from benchmarks.timing import import_torch, interleaved, tune_malloc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,11 +141,16 @@ def _child_main(which, width, tile, device):
     print(json.dumps(dict(first_step_s=first, setup_s=t1 - t0, peak_rss_mb=rss_mb)))
 
 
-def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=True, progress=print):
-    """Time a training step and inference in minunet and PyTorch; returns the figures as a dict."""
+def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=True, tuned_malloc=False,
+        progress=print):
+    """Time a training step and inference in minunet and PyTorch; returns the figures as a dict.
+
+    ``tuned_malloc`` tunes this process's malloc (``timing.tune_malloc``) before the timed steps;
+    the memory and cold-start children keep the default allocator.
+    """
     import_torch("benchmarks/train_step.py")
     sys.path.insert(0, str(ROOT))
-    result = dict(width=width, tile=tile, device=device, repeat=repeat)
+    result = dict(width=width, tile=tile, device=device, repeat=repeat, tuned_malloc=bool(tuned_malloc))
     if cold:
         with tempfile.TemporaryDirectory() as cache:
             progress("first minunet step with an empty Numba cache (compiling everything) ...")
@@ -158,6 +163,8 @@ def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=
         result["minunet_first_step_warm_cache_s"] = mine_child["first_step_s"]
         result["minunet_peak_rss_mb"] = mine_child["peak_rss_mb"]
         result["torch_peak_rss_mb"] = torch_child["peak_rss_mb"]
+    if tuned_malloc and not tune_malloc():
+        raise RuntimeError("--tuned-malloc: mallopt failed (glibc only)")
     progress(f"timing {repeat} interleaved training steps after {warmup} warm-up ...")
     mine = MinunetCase(width, tile, device)
     theirs = TorchCase(mine, device)
@@ -175,7 +182,8 @@ def format_table(r):
             ("forward / inference (s)", r["minunet_forward_s"], r["torch_forward_s"])]
     if "minunet_peak_rss_mb" in r:
         rows.append(("peak RSS, training (MB)", r["minunet_peak_rss_mb"], r["torch_peak_rss_mb"]))
-    lines = [f"U-Net width {r['width']}, tile {r['tile']}, device {r['device']}, median of {r['repeat']}",
+    lines = [f"U-Net width {r['width']}, tile {r['tile']}, device {r['device']}, median of {r['repeat']}"
+             + (", malloc tuned for both" if r.get("tuned_malloc") else ""),
              f"{'':26s} {'minunet':>10s} {'pytorch':>10s} {'ratio':>7s}"]
     lines += [f"{name:26s} {a:10.3f} {b:10.3f} {a / b:7.2f}" for name, a, b in rows]
     if "minunet_first_step_cold_s" in r:
@@ -204,6 +212,8 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-compile child process")
+    parser.add_argument("--tuned-malloc", action="store_true",
+                        help="tune glibc malloc to reuse freed memory for the timed steps (both libraries)")
     parser.add_argument("--child", choices=["minunet", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     missing = cuda_missing(args.device)
@@ -214,7 +224,7 @@ def main(argv=None):
         _child_main(args.child, args.width, args.tile, args.device)
         return 0
     result = run(args.width, args.tile, args.device, args.repeat, args.warmup,
-                 memory=not args.no_memory, cold=not args.no_cold)
+                 memory=not args.no_memory, cold=not args.no_cold, tuned_malloc=args.tuned_malloc)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

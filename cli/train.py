@@ -59,6 +59,8 @@ def _floats(ctx, param, value):
 @click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True,
               help="Validate (and checkpoint) every K iterations.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, dropout and sampling.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Processes preparing the next augmented tiles during a step (0: none; same tiles either way).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.h5.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines on the terminal.")
 @click.pass_context
@@ -122,6 +124,8 @@ def train(ctx, **opts):
         click.echo(f"Aborted; {trainer.out / 'checkpoint.h5'} holds the last checkpoint. "
                    f"Continue with: minunet train --out {trainer.out} --resume", err=True)
         sys.exit(130)
+    finally:
+        trainer.close()
     if bar is not None:
         bar.clear()
     if result.reason == "signal":
@@ -142,7 +146,8 @@ def _settings(opts):
                 aux_weights=opts["aux_weights"], optimizer=opts["optimizer"], lr=opts["lr"],
                 momentum=opts["momentum"], weight_decay=opts["weight_decay"], dropout=opts["dropout"],
                 batch=opts["batch"], augment=not opts["no_augment"], train_slices=opts["train_slices"],
-                val_slices=opts["val_slices"], val_every=opts["val_every"], seed=opts["seed"])
+                val_slices=opts["val_slices"], val_every=opts["val_every"], seed=opts["seed"],
+                workers=opts["workers"])
 
 
 _bar_visible = False

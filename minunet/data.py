@@ -17,6 +17,7 @@ whole stack), so stacks larger than memory work.
 import json
 import math
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -659,8 +660,13 @@ _WORKER = None
 
 
 def _worker_init(*args):
-    """Each worker process opens its own sampler (its own HDF5 handle)."""
+    """Each worker process opens its own sampler (its own HDF5 handle).
+
+    It ignores SIGINT: Ctrl-C reaches the terminal's whole process group, and the training
+    process, not its workers, decides how to stop (finish the step, write a checkpoint).
+    """
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = TileSampler(*args)
 
 

@@ -62,7 +62,9 @@ class TrainConfig:
     training stops at whichever comes first. ``val_slices`` "none" disables validation; None
     means the last fifth of the slices (24-29 for the 30 ISBI slices). ``train_slices`` None means
     every slice not used for validation. ``aux_weights``: one loss weight per coarse level of
-    deep supervision, deepest first.
+    deep supervision, deepest first. ``workers``: background processes that prepare the next
+    augmented tiles while a step runs (0: in the training process); the tiles are the same
+    either way.
     """
 
     data: str
@@ -90,6 +92,7 @@ class TrainConfig:
     val_every: int = 500
     checkpoint_minutes: float = 5.0
     seed: int = 0
+    workers: int = 1
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -232,8 +235,9 @@ def _finite_params(model):
 # ----------------------------------------------------------------------------- run settings
 
 # settings a resumed run may change: its budgets, reporting, device, the data file's path (the
-# checksum must still match) and the learning rate (to go on more gently after a NaN, say)
-RESUMABLE = ("iterations", "minutes", "val_every", "checkpoint_minutes", "device", "data", "lr")
+# checksum must still match), the learning rate (to go on more gently after a NaN, say) and the
+# number of sampling workers (the tiles do not depend on it)
+RESUMABLE = ("iterations", "minutes", "val_every", "checkpoint_minutes", "device", "data", "lr", "workers")
 
 
 def stored_config(out):
@@ -316,7 +320,7 @@ class Trainer:
         sampler_seed = int(np.random.SeedSequence([config.seed, 2]).generate_state(1)[0])
         self.sampler = sampler or data.TileSampler(config.data, self.train_slices, self.geometry.input_size,
                                                    self.geometry.output_size, augment=config.augment,
-                                                   pad=config.pad, seed=sampler_seed)
+                                                   pad=config.pad, seed=sampler_seed, workers=config.workers)
         self.iteration, self.elapsed_before = 0, 0.0
         self.loss_sum, self.loss_count = 0.0, 0
         self.best_rand, self.best_iteration = None, None
@@ -520,6 +524,12 @@ class Trainer:
         self.loss_sum += value
         self.loss_count += 1
         return value
+
+    def close(self):
+        """Stop the sampling workers and close the data file (the run directory stays as it is)."""
+        close = getattr(self.sampler, "close", None)
+        if close is not None:
+            close()
 
     # ------------------------------------------------------------------ validation
 

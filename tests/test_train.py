@@ -65,7 +65,7 @@ def data_file(tmp_path_factory):
 
 def config(data_file, out, **kw):
     settings = dict(data=str(data_file), out=str(out), device=DEVICE, iterations=6, depth=3, width=4,
-                    tile=92, val_every=3, val_slices="4")
+                    tile=92, val_every=3, val_slices="4", workers=0)
     settings.update(kw)
     return T.TrainConfig(**settings)
 
@@ -141,15 +141,18 @@ def test_refuses_to_overwrite_a_run(data_file, tmp_path):
 
 @pytest.mark.parametrize("optimizer,deep", [("sgd", False), ("adam", True)])
 def test_resume_is_bitwise(data_file, tmp_path, optimizer, deep):
+    """N, stop, resume, M iterations == N + M in one go; sampling workers (0, 1, 2) change nothing."""
     kw = dict(optimizer=optimizer, deep_supervision=deep, val_every=4)
-    one_go = T.Trainer(config(data_file, tmp_path / "a", iterations=7, **kw))
+    one_go = T.Trainer(config(data_file, tmp_path / "a", iterations=7, workers=0, **kw))
     one_go.run(handle_signals=False)
 
-    first = T.Trainer(config(data_file, tmp_path / "b", iterations=3, **kw))
+    first = T.Trainer(config(data_file, tmp_path / "b", iterations=3, workers=1, **kw))
     first.run(handle_signals=False)
-    resumed = T.Trainer(T.resume_config(tmp_path / "b", iterations=7), resume=True)
-    assert resumed.iteration == 3
+    first.close()
+    resumed = T.Trainer(T.resume_config(tmp_path / "b", iterations=7, workers=2), resume=True)
+    assert resumed.iteration == 3 and resumed.config.workers == 2
     resumed.run(handle_signals=False)
+    resumed.close()
 
     a, b = params(one_go.model), params(resumed.model)
     assert a.keys() == b.keys()

@@ -2,9 +2,15 @@
 
 NumPy's ``matmul`` cannot accumulate (``C += A @ B`` allocates ``A @ B`` first) and SciPy's
 Python wrappers copy any view that is not contiguous. The convolutions need both: nine GEMMs
-over shifted, strided windows of one image, all summed into one output block. So we call the
-Fortran ``sgemm``/``dgemm`` that SciPy exports for Cython (``scipy.linalg.cython_blas``, a
-public API) through ctypes, passing each view's pointer and leading dimension.
+over shifted, strided windows of one image, all summed into one output block. So we call a
+Fortran ``sgemm``/``dgemm`` through ctypes, passing each view's pointer and leading dimension.
+
+Which BLAS: our own copy of OpenBLAS from the ``scipy-openblas32`` wheel (the build NumPy and
+SciPy ship, kept by their maintainers; a dependency), loaded separately from the copy inside
+SciPy, so we can make it single-threaded for the whole process without touching NumPy's. Its
+0.3.34 sgemm is 3-16% faster than the 0.3.30 bundled with SciPy 1.17 on our GEMM shapes
+(docs/performance.md). Without that wheel, SciPy's own sgemm (``scipy.linalg.cython_blas``, a
+public API) is used, made single-threaded per worker thread.
 
 Row-major ``C = op(A) op(B)`` is column-major ``C^T = op(B)^T op(A)^T``: the same memory,
 read transposed, so we swap the operands instead of copying anything.
@@ -29,12 +35,32 @@ from numba.extending import get_cython_function_address
 _PTR = ctypes.c_void_p
 _FORTRAN_GEMM = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p,
                                  _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR)
-_GEMM = {
-    np.dtype(np.float32): (_FORTRAN_GEMM(get_cython_function_address("scipy.linalg.cython_blas", "sgemm")),
-                           ctypes.c_float),
-    np.dtype(np.float64): (_FORTRAN_GEMM(get_cython_function_address("scipy.linalg.cython_blas", "dgemm")),
-                           ctypes.c_double),
-}
+
+
+def _own_openblas():
+    """(sgemm, dgemm, description) from the scipy-openblas32 wheel, single-threaded; None if absent."""
+    if os.environ.get("MINUNET_BLAS") == "scipy":
+        return None
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)))
+    lib.scipy_openblas_set_num_threads(1)
+    lib.scipy_openblas_get_config.restype = ctypes.c_char_p
+    gemms = [ctypes.cast(getattr(lib, name), _FORTRAN_GEMM) for name in ("scipy_sgemm_", "scipy_dgemm_")]
+    return gemms + [lib.scipy_openblas_get_config().decode()]
+
+
+def _scipy_blas():
+    """(sgemm, dgemm, description) that SciPy exports for Cython."""
+    return [_FORTRAN_GEMM(get_cython_function_address("scipy.linalg.cython_blas", name)) for name in ("sgemm", "dgemm")] \
+        + ["SciPy's BLAS (scipy.linalg.cython_blas)"]
+
+
+_sgemm, _dgemm, BLAS_NAME = _own_openblas() or _scipy_blas()
+_OWN_BLAS = not BLAS_NAME.startswith("SciPy")
+_GEMM = {np.dtype(np.float32): (_sgemm, ctypes.c_float), np.dtype(np.float64): (_dgemm, ctypes.c_double)}
 
 
 def _leading_dim(a):
@@ -80,14 +106,17 @@ def _openblas_local_threads():
     return None
 
 
-_SET_LOCAL_THREADS = _openblas_local_threads()
-# Workers: one per core Numba may use; 1 (BLAS threads each call itself) without the setter.
-WORKERS = min(numba.config.NUMBA_NUM_THREADS, len(os.sched_getaffinity(0))) if _SET_LOCAL_THREADS else 1
+_SET_LOCAL_THREADS = None if _OWN_BLAS else _openblas_local_threads()
+# Workers: one per core Numba may use, each calling a single-threaded BLAS; 1 (BLAS threads each
+# call itself) when we can neither own a BLAS nor make SciPy's single-threaded per thread.
+_SINGLE_THREADED = _OWN_BLAS or _SET_LOCAL_THREADS is not None
+WORKERS = min(numba.config.NUMBA_NUM_THREADS, len(os.sched_getaffinity(0))) if _SINGLE_THREADED else 1
 _pool = None
 
 
 def _single_threaded_blas():
-    _SET_LOCAL_THREADS(1)
+    if _SET_LOCAL_THREADS is not None:
+        _SET_LOCAL_THREADS(1)
 
 
 def parallel_for(fn, items):

@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv2d_output_hw
+from . import buffers
 from .blas import WORKERS, gemm, parallel_for
 
 # Bytes of one block's operands (the C x block input window and the K x block accumulator): they
@@ -220,7 +221,7 @@ def conv2d_forward(x, w, b, relu=False):
     ho, wo = conv2d_output_hw(x.shape, w.shape)
     x = np.ascontiguousarray(x)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
-    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    y = buffers.empty((n, k, ho, wo), x.dtype)
     if _use_direct("forward", c, k, kh, kw):
         _direct3x3(x, np.ascontiguousarray(w, dtype=x.dtype), bias, relu, y)
         return y
@@ -286,11 +287,11 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     direct_gx = need_gx and _use_direct("input_grad", c, k, kh, kw)
     gy_wide = gy_pad = None
     if not direct_gw or (need_gx and not direct_gx):
-        gy_wide = np.empty((n, k, ho * wd), dtype=dtype)
+        gy_wide = buffers.empty((n, k, ho * wd), dtype)
         _place_grad(gy, mask, y is not None, gy_wide.reshape(n, k, ho, wd), 0, 0, gb)
     if direct_gw or direct_gx:
         # Padded by kh-1, kw-1 on every side (H+2 x W+2 for 3x3); also the masked gy for direct_gw.
-        gy_pad = np.empty((n, k, ho + 2 * (kh - 1), wo + 2 * (kw - 1)), dtype=dtype)
+        gy_pad = buffers.empty((n, k, ho + 2 * (kh - 1), wo + 2 * (kw - 1)), dtype)
         _place_grad(gy, mask, y is not None, gy_pad, kh - 1, kw - 1, gb)
     del mask
 
@@ -305,7 +306,7 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     if direct_gx:
         # gx is the valid correlation of the padded gy with the flipped, transposed weights.
         w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype)
-        gx = np.empty_like(x)
+        gx = buffers.empty_like(x)
         _direct3x3(gy_pad, w_flip, np.zeros(c, dtype), False, gx)
     elif need_gx:
         gx = _gemm_input_grad(x, w, gy_wide)
@@ -343,7 +344,7 @@ def _gemm_input_grad(x, w, gy_wide):
     wide_len = (ho - 1) * wd + wo
     rows = _rows_per_block(ho, wd, c + k, x.itemsize)
     taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=x.dtype)     # (kh, kw, K, C)
-    gx = np.zeros_like(x)
+    gx = buffers.zeros(x.shape, x.dtype)
 
     def input_grad(part):                  # one worker: blocks of gx rows
         for img, r0 in part:

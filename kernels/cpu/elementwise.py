@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import crop_margins
+from . import buffers
 
 
 # ----------------------------------------------------------------------------- ReLU
@@ -22,7 +23,7 @@ def _relu_grad(gy, y, gx):
 def relu_forward(x):
     """max(x, 0)."""
     x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
+    y = buffers.empty_like(x)
     _relu(x.reshape(-1), y.reshape(-1))
     return y
 
@@ -30,7 +31,7 @@ def relu_forward(x):
 def relu_backward(gy, y):
     """gy where y > 0, else 0."""
     gy, y = np.ascontiguousarray(gy), np.ascontiguousarray(y)
-    gx = np.empty_like(gy)
+    gx = buffers.empty_like(gy)
     _relu_grad(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
 
@@ -62,7 +63,7 @@ def dropout_forward(x, p, seed):
     x = np.ascontiguousarray(x)
     if p <= 0:
         return x.copy()
-    y = np.empty_like(x)
+    y = buffers.empty_like(x)
     # The division happens in x's dtype, as in the reference (NumPy casts 1 - p to x's dtype).
     _dropout(x.reshape(-1), float(p), x.dtype.type(1 - p), np.uint64(seed), y.reshape(-1))
     return y
@@ -112,7 +113,7 @@ def crop_concat_forward(skip, up):
         raise ValueError(f"crop_concat: batch sizes differ ({skip.shape[0]} vs {up.shape[0]})")
     top, left = crop_margins(skip.shape[2:], up.shape[2:])
     n, cs, cu = skip.shape[0], skip.shape[1], up.shape[1]
-    y = np.empty((n, cs + cu) + tuple(up.shape[2:]), dtype=np.result_type(skip.dtype, up.dtype))
+    y = buffers.empty((n, cs + cu) + tuple(up.shape[2:]), np.result_type(skip.dtype, up.dtype))
     _crop_concat(skip, up, top, left, y)
     return y
 
@@ -122,7 +123,7 @@ def crop_concat_backward(gy, skip_shape):
     n, cs, hs, ws = skip_shape
     hu, wu = gy.shape[2:]
     top, left = crop_margins((hs, ws), (hu, wu))
-    gskip = np.empty(tuple(skip_shape), dtype=gy.dtype)
-    gup = np.empty((n, gy.shape[1] - cs, hu, wu), dtype=gy.dtype)
+    gskip = buffers.empty(skip_shape, gy.dtype)
+    gup = buffers.empty((n, gy.shape[1] - cs, hu, wu), gy.dtype)
     _split_uncrop(gy, top, left, gskip, gup)
     return gskip, gup

@@ -4,6 +4,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
+
 
 @njit(parallel=True, cache=True)
 def _softmax_xent(logits, labels, weights, use_weights, ignore, grad):
@@ -50,7 +52,7 @@ def softmax_cross_entropy(logits, labels, weights, ignore=255):
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     use_weights = weights is not None
     weights = np.ascontiguousarray(weights) if use_weights else np.ones((1, 1, 1), logits.dtype)
-    grad = np.empty_like(logits)
+    grad = buffers.empty_like(logits)
     loss, valid = _softmax_xent(logits, labels, weights, use_weights, int(ignore), grad)
     return float(loss), int(valid), grad
 
@@ -76,6 +78,6 @@ def _softmax(logits, probs):
 def softmax(logits):
     """Softmax over the channel axis (N,K,H,W), shifted by the maximum for stability."""
     logits = np.ascontiguousarray(logits)
-    probs = np.empty_like(logits)
+    probs = buffers.empty_like(logits)
     _softmax(logits, probs)
     return probs

@@ -2,6 +2,8 @@
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
+
 
 @njit(parallel=True, cache=True)
 def _pool_forward(x, y, idx):
@@ -44,14 +46,14 @@ def max_pool2d_forward(x):
     n, c, h, w = x.shape
     if h < 2 or w < 2:
         raise ValueError(f"max_pool2d: input {h}x{w} is smaller than 2x2")
-    y = np.empty((n, c, h // 2, w // 2), dtype=x.dtype)
-    idx = np.empty((n, c, h // 2, w // 2), dtype=np.uint8)
+    y = buffers.empty((n, c, h // 2, w // 2), x.dtype)
+    idx = buffers.empty((n, c, h // 2, w // 2), np.uint8)
     _pool_forward(x, y, idx)
     return y, idx
 
 
 def max_pool2d_backward(gy, idx, x_shape):
     """Each output gradient goes to its window's argmax; zeros elsewhere."""
-    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    gx = buffers.empty(x_shape, gy.dtype)
     _pool_backward(gy, idx, gx)
     return gx

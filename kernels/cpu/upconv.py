@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_transpose2d_output_hw
+from . import buffers
 from .blas import gemm, parallel_for
 
 
@@ -53,8 +54,8 @@ def conv_transpose2d_forward(x, w, b):
     x = np.ascontiguousarray(x)
     w_mat = np.ascontiguousarray(w, dtype=x.dtype).reshape(c, k * kh * kw)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
-    y = np.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), dtype=x.dtype)
-    cols = np.empty((k * kh * kw, h * wd), dtype=x.dtype)
+    y = buffers.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), x.dtype)
+    cols = buffers.empty((k * kh * kw, h * wd), x.dtype)
     for img in range(n):
         x_flat = x[img].reshape(c, h * wd)
 
@@ -75,9 +76,9 @@ def conv_transpose2d_backward(x, w, gy):
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy, dtype=dtype)
     w_mat = np.ascontiguousarray(w, dtype=dtype).reshape(c, k * kh * kw)
-    gx = np.empty_like(x)
+    gx = buffers.empty_like(x)
     gw = np.zeros((c, k * kh * kw), dtype=dtype)
-    gcols = np.empty((k * kh * kw, h * wd), dtype=dtype)
+    gcols = buffers.empty((k * kh * kw, h * wd), dtype)
     for img in range(n):
         _im2col(gy[img], gcols.reshape(k, kh, kw, h, wd))
         x_flat, gx_flat = x[img].reshape(c, h * wd), gx[img].reshape(c, h * wd)
