@@ -3,7 +3,8 @@
 Convolutions are BLAS GEMMs over strided views (no im2col), everything else single fused Numba
 passes (``@njit(parallel=True, cache=True)``). One module per family of ops:
 
-    blas.py         row-major GEMM with accumulation on strided views (SciPy's BLAS via ctypes)
+    blas.py         row-major GEMM with accumulation on strided views (OpenBLAS via ctypes)
+    buffers.py      the cache the kernels' large outputs come from, reused across steps
     conv.py         valid convolution, forward (bias + ReLU epilogue) and backward (ReLU mask fused)
     upconv.py       stride-2 transposed convolution: GEMM + col2im, backward im2col + GEMMs
     pool.py         2x2 max pooling with uint8 argmax
