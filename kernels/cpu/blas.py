@@ -58,8 +58,9 @@ def _scipy_blas():
         + ["SciPy's BLAS (scipy.linalg.cython_blas)"]
 
 
-_sgemm, _dgemm, BLAS_NAME = _own_openblas() or _scipy_blas()
-_OWN_BLAS = not BLAS_NAME.startswith("SciPy")
+_OWN = _own_openblas()
+_OWN_BLAS = _OWN is not None
+_sgemm, _dgemm, BLAS_NAME = _OWN or _scipy_blas()
 _GEMM = {np.dtype(np.float32): (_sgemm, ctypes.c_float), np.dtype(np.float64): (_dgemm, ctypes.c_double)}
 
 

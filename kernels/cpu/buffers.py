@@ -58,7 +58,6 @@ class _Arena:
         for piece, free in zip(used, _free_flags(holders)):
             if free:
                 piece[2] = None
-        del holders
         merged = []
         for piece in self.pieces:
             if merged and merged[-1][2] is None and piece[2] is None:
@@ -115,20 +114,26 @@ def empty(shape, dtype):
         return np.empty(shape, dtype)
     with _lock:
         _tick += 1
-        best = None                                       # (size, arena, index): the smallest that fits
-        for arena in _arenas:
-            arena.reclaim()
-            for index, (_, size, holder) in enumerate(arena.pieces):
-                if holder is None and size >= nbytes and (best is None or size < best[0]):
-                    best = (size, arena, index)
-        if best is None:
-            if not _trim(limit_bytes - max(nbytes, min(ARENA_BYTES, limit_bytes))):
+        arena, index = _best_fit(nbytes)
+        if arena is None:
+            arena_bytes = max(nbytes, min(ARENA_BYTES, limit_bytes))
+            if not _trim(limit_bytes - arena_bytes):
                 return np.empty(shape, dtype)
-            _arenas.append(_Arena(max(nbytes, min(ARENA_BYTES, limit_bytes))))
-            best = (_arenas[-1].nbytes, _arenas[-1], 0)
-        _, arena, index = best
+            arena, index = _Arena(arena_bytes), 0
+            _arenas.append(arena)
         arena.last_use = _tick
         return arena.take(index, nbytes).view(dtype).reshape(shape)
+
+
+def _best_fit(nbytes):
+    """(arena, piece index) of the smallest free piece of at least ``nbytes``; (None, None) if none."""
+    best, best_size = (None, None), None
+    for arena in _arenas:
+        arena.reclaim()
+        for index, piece in enumerate(arena.pieces):
+            if piece[2] is None and piece[1] >= nbytes and (best_size is None or piece[1] < best_size):
+                best, best_size = (arena, index), piece[1]
+    return best
 
 
 def zeros(shape, dtype):
