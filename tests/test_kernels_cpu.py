@@ -125,6 +125,65 @@ def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block):
                     assert_close(a, e, dtype, "conv2d")
 
 
+WINOGRAD_CASES = [
+    # (N, C, K, H, W): Winograd F(2x2, 3x3); odd outputs leave overhanging tiles
+    (1, 1, 3, 7, 9),           # one input channel, odd output (5 x 7)
+    (2, 3, 5, 6, 11),          # batch 2, even x odd output
+    (1, 4, 2, 3, 3),           # 1x1 output: one tile, three quarters overhang
+    (1, 2, 1, 4, 40),          # K = 1, one tile row
+    (2, 70, 66, 9, 8),         # many channels, 7 x 6 output
+    (1, 16, 24, 21, 14),       # several tile rows and columns
+]
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+@pytest.mark.parametrize("paths", ["winograd", "winograd_gw_gemm_gx", "gemm_gw_winograd_gx"])
+@pytest.mark.parametrize("blocks", ["default", "one_tile_row"])
+def test_conv2d_winograd(rng, monkeypatch, case, dtype, paths, blocks):
+    """The Winograd path in every direction, alone and mixed with the GEMM path, against the reference."""
+    from minunet.kernels.cpu import winograd
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", dict.fromkeys(cpu_conv.DIRECT_MAX, 0))
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
+    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
+    never = 10 ** 9
+    monkeypatch.setattr(winograd, "MIN_TILES", {
+        "forward": 0, "weight_grad": never if paths.startswith("gemm_gw") else 0,
+        "input_grad": never if paths.endswith("gemm_gx") else 0})
+    if blocks == "one_tile_row":                 # blocks of one tile row: many block edges
+        monkeypatch.setattr(winograd, "BLOCK_TILES", (1, 1))
+        monkeypatch.setattr(winograd, "SCRATCH_BYTES", 1)
+    n, c, k, h, w = case
+    assert cpu_conv._path("forward", c, k, 3, 3, h - 2, w - 2) == "winograd"
+    x, x64 = draw(rng, (n, c, h, w), dtype)
+    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
+    b, b64 = draw(rng, (k,), dtype)
+    for relu in (False, True):
+        y = cpu.conv2d_forward(x, wt, b, relu=relu)
+        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d")
+        gy, gy64 = draw(rng, y.shape, dtype)
+        for need_gx in (True, False):
+            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
+            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
+            assert (got[0] is None) == (not need_gx)
+            for a, e in zip(got, want):
+                if e is not None:
+                    assert_close(a, e, dtype, "conv2d")
+
+
+def test_conv2d_paths_of_the_paper_network():
+    """The dispatch: few channels direct, the large 64-512-channel layers Winograd, the 30-pixel bottom GEMM."""
+    path = cpu_conv._path
+    assert path("forward", 16, 16, 3, 3, 568, 568) == "direct"
+    for direction in ("forward", "input_grad", "weight_grad"):
+        assert path(direction, 128, 128, 3, 3, 280, 280) == "winograd"
+        assert path(direction, 512, 512, 3, 3, 64, 64) == "winograd"
+        assert path(direction, 1024, 1024, 3, 3, 28, 28) == "gemm"
+    assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
+    assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head
+
+
 @pytest.mark.gradcheck
 def test_conv2d_errors_and_views(rng):
     with pytest.raises(ValueError):
