@@ -324,8 +324,10 @@ def test_softmax_cross_entropy_edge_cases():
 
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_optimisers_in_place(rng, dtype):
-    shape = (70, 3, 3, 3)
+@pytest.mark.parametrize("shape", [(70, 3, 3, 3), (7,), (301, 250)])   # serial, serial, parallel loop
+def test_optimisers_in_place(rng, dtype, shape):
+    from minunet.kernels.cpu import optim
+    assert (np.prod(shape) >= optim.PARALLEL_MIN) == (shape == (301, 250))
     p, g, v, m = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
     v2 = np.abs(v)
     ours = [a.copy() for a in (p, v)]
