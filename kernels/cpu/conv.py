@@ -9,8 +9,7 @@ valid convolution reads ``x[c, (r+i)*W + (col+j)]``, i.e. flat position ``p + i*
 
 over a shifted window of the input, with no im2col copy. Junk columns are dropped in the
 epilogue, which also adds the bias and applies ReLU. The positions are processed in blocks of
-whole rows small enough that the accumulating output block stays in L2 across the nine GEMMs;
-the blocks are shared among one worker thread per core (``blas.parallel_for``).
+whole rows (``BLOCK_BYTES``), shared among one worker thread per core (``blas.parallel_for``).
 
 Backward uses the same windows: the weight gradient of tap (i, j) is ``gy_wide @ x_window^T``
 and the input gradient is ``w[:, :, i, j]^T @ gy_wide`` accumulated into the shifted window of
@@ -38,9 +37,11 @@ from ..shapes import conv2d_output_hw
 from . import buffers, winograd
 from .blas import WORKERS, gemm, parallel_for
 
-# Bytes of one block's operands (the C x block input window and the K x block accumulator): they
-# should stay in L2 across the nine GEMMs. Fewer channels -> longer blocks -> fewer, larger GEMMs.
-BLOCK_BYTES = 1 << 21
+# Bytes of one block's operands (the C x block input window and the K x block accumulator).
+# Fewer channels -> longer blocks -> fewer, larger GEMMs. 2 MB (this machine's L2) made the bottom
+# layers' GEMMs too short (240 positions for 1024 channels at 30x30); 8 MB made those 1.1-1.4x
+# faster and moved the other GEMM-path layers by less than +-5% (docs/performance.md).
+BLOCK_BYTES = 1 << 23
 
 
 def _rows_per_block(height, width, channels, itemsize):
