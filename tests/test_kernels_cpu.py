@@ -84,6 +84,27 @@ def test_conv2d(rng, monkeypatch, case, dtype, block):
             assert_close(got[2], want[2], dtype, "conv2d")
 
 
+def check_conv3x3_all_directions(rng, case, dtype):
+    """Forward (with and without ReLU) and backward (with and without gx) of a 3x3 convolution
+    of shape case = (N, C, K, H, W) against the reference, on fresh random inputs."""
+    n, c, k, h, w = case
+    x, x64 = draw(rng, (n, c, h, w), dtype)
+    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
+    b, b64 = draw(rng, (k,), dtype)
+    for relu in (False, True):
+        y = cpu.conv2d_forward(x, wt, b, relu=relu)
+        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d")
+        gy, gy64 = draw(rng, y.shape, dtype)
+        for need_gx in (True, False):
+            # The ReLU mask comes from the CPU output y (fed to both) so that both mask the same pixels.
+            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
+            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
+            assert (got[0] is None) == (not need_gx)
+            for a, e in zip(got, want):
+                if e is not None:
+                    assert_close(a, e, dtype, "conv2d")
+
+
 DIRECT_CASES = [
     # (N, C, K, H, W): the direct 3x3 kernels (few channels)
     (1, 1, 3, 7, 9),           # one input channel (the first layer), odd sizes, odd K
@@ -107,22 +128,7 @@ def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block):
     monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {
         "forward": limit.get(path, 10 ** 9), "weight_grad": limit.get(path, 10 ** 9),
         "input_grad": limit.get(path, 0)})
-    n, c, k, h, w = case
-    x, x64 = draw(rng, (n, c, h, w), dtype)
-    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
-    b, b64 = draw(rng, (k,), dtype)
-    for relu in (False, True):
-        y = cpu.conv2d_forward(x, wt, b, relu=relu)
-        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d")
-        gy, gy64 = draw(rng, y.shape, dtype)
-        for need_gx in (True, False):
-            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
-            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
-            assert (got[0] is None) == (not need_gx)
-            for a, e in zip(got, want):
-                if e is not None:
-                    assert a.dtype == dtype
-                    assert_close(a, e, dtype, "conv2d")
+    check_conv3x3_all_directions(rng, case, dtype)
 
 
 WINOGRAD_CASES = [
@@ -156,20 +162,7 @@ def test_conv2d_winograd(rng, monkeypatch, case, dtype, paths, blocks):
         monkeypatch.setattr(winograd, "SCRATCH_BYTES", 1)
     n, c, k, h, w = case
     assert cpu_conv._path("forward", c, k, 3, 3, h - 2, w - 2) == "winograd"
-    x, x64 = draw(rng, (n, c, h, w), dtype)
-    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
-    b, b64 = draw(rng, (k,), dtype)
-    for relu in (False, True):
-        y = cpu.conv2d_forward(x, wt, b, relu=relu)
-        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d")
-        gy, gy64 = draw(rng, y.shape, dtype)
-        for need_gx in (True, False):
-            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
-            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
-            assert (got[0] is None) == (not need_gx)
-            for a, e in zip(got, want):
-                if e is not None:
-                    assert_close(a, e, dtype, "conv2d")
+    check_conv3x3_all_directions(rng, case, dtype)
 
 
 def test_conv2d_paths_of_the_paper_network():

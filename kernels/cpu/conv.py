@@ -152,65 +152,15 @@ def _direct3x3(x, w, bias, relu, y):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
-def _dots_pair(g, h, x0, x1, x2, zero, tg, th):
-    """tg[3i + j] += g . x_i[j:j + Wo] and th[...] += h . x_i[j:j + Wo]: two gy rows share the x loads.
-
-    ``zero`` is 0 in the input's dtype, so the 18 dot products accumulate in it; "reassoc" lets
-    LLVM split each into vector lanes, as BLAS would (no other fast-math flag: NaN and Inf
-    behave). The row's sums are added to the float64 totals tg, th. Pairing the gy rows made
-    the kernel 1.35x faster (~70 -> ~95 GFLOP/s per core); inlined like ``_taps_2x2``.
-    """
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
-    for col in range(g.shape[0]):
-        a0, a1, a2 = x0[col], x0[col + 1], x0[col + 2]
-        a3, a4, a5 = x1[col], x1[col + 1], x1[col + 2]
-        a6, a7, a8 = x2[col], x2[col + 1], x2[col + 2]
-        u, v = g[col], h[col]
-        s0 += u * a0
-        s1 += u * a1
-        s2 += u * a2
-        s3 += u * a3
-        s4 += u * a4
-        s5 += u * a5
-        s6 += u * a6
-        s7 += u * a7
-        s8 += u * a8
-        t0 += v * a0
-        t1 += v * a1
-        t2 += v * a2
-        t3 += v * a3
-        t4 += v * a4
-        t5 += v * a5
-        t6 += v * a6
-        t7 += v * a7
-        t8 += v * a8
-    tg[0] += s0
-    tg[1] += s1
-    tg[2] += s2
-    tg[3] += s3
-    tg[4] += s4
-    tg[5] += s5
-    tg[6] += s6
-    tg[7] += s7
-    tg[8] += s8
-    th[0] += t0
-    th[1] += t1
-    th[2] += t2
-    th[3] += t3
-    th[4] += t4
-    th[5] += t5
-    th[6] += t6
-    th[7] += t7
-    th[8] += t8
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
 def _dots_2x2(g, g2, h, h2, x0, x1, x2, x3, zero, tg, th):
-    """``_dots_pair`` for two consecutive gy rows of each channel (g, g2 and h, h2) at once.
+    """tg[3i + j] += g . x_i[j:j + Wo] + g2 . x_(i+1)[j:j + Wo], and th likewise with h, h2.
 
-    Output row r reads input rows x0..x2, row r + 1 reads x1..x3: the four gy rows share 12
-    input loads per column for 36 multiply-adds (the pair: 9 for 18), ~1.2x faster.
+    Two consecutive gy rows (r, r + 1) of two output channels: output row r reads input rows
+    x0..x2, row r + 1 reads x1..x3, so the four gy rows share 12 input loads per column for 36
+    multiply-adds (two rows of one channel each: 9 loads for 18; ~1.2x faster). ``zero`` is 0
+    in the input's dtype, so the 18 dot products accumulate in it; "reassoc" lets LLVM split
+    each into vector lanes, as BLAS would (no other fast-math flag: NaN and Inf behave). The
+    sums are added to the float64 totals tg, th. Inlined like ``_taps_2x2``.
     """
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
     t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
@@ -264,8 +214,8 @@ def _direct3x3_weight_grad(x, gy_pad, rows, zero, partial):
 
     One task per block of ``rows`` output rows (of one image), so the block's input rows stay
     in cache while every (k, c) pair reads them; two output channels and two rows at a time
-    (``_dots_2x2``, ``_dots_pair`` for an odd last row; with K odd the last channel's partner is
-    a dummy). gy is the interior of gy_pad (padded by 2 on
+    (``_dots_2x2``; an odd last row is paired with a row of zeros; with K odd the last channel's
+    partner is a dummy). gy is the interior of gy_pad (padded by 2 on
     every side): passing the contiguous padded array, not a strided view of it, lets Numba know
     its rows are contiguous, which LLVM needs to vectorise the column loop. Rows add up in
     float64; the caller sums the blocks.
@@ -277,6 +227,7 @@ def _direct3x3_weight_grad(x, gy_pad, rows, zero, partial):
     for task in prange(n * per_img):
         img, r0 = task // per_img, (task % per_img) * rows
         dummy = np.zeros(9)
+        no_row = np.zeros(wo, dtype=gy_pad.dtype)         # the partner of an odd last row
         for k in range(0, k_out, 2):
             k1 = min(k + 1, k_out - 1)
             for c in range(c_in):
@@ -291,8 +242,8 @@ def _direct3x3_weight_grad(x, gy_pad, rows, zero, partial):
                               x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 3], zero, tg, th)
                 if (r_end - r0) % 2:
                     r = r_end - 1
-                    _dots_pair(gy_pad[img, k, r + 2, 2:2 + wo], gy_pad[img, k1, r + 2, 2:2 + wo],
-                               x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], zero, tg, th)
+                    _dots_2x2(gy_pad[img, k, r + 2, 2:2 + wo], no_row, gy_pad[img, k1, r + 2, 2:2 + wo], no_row,
+                              x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 2], zero, tg, th)
 
 
 # Bytes of the input rows one direct weight-gradient task reads (C x rows x W): they stay in L2.
