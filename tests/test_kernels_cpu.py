@@ -161,8 +161,25 @@ def test_conv2d_winograd(rng, monkeypatch, case, dtype, paths, blocks):
         monkeypatch.setattr(winograd, "BLOCK_TILES", (1, 1))
         monkeypatch.setattr(winograd, "SCRATCH_BYTES", 1)
     n, c, k, h, w = case
-    assert cpu_conv._path("forward", c, k, 3, 3, h - 2, w - 2) == "winograd"
+    expected = {"forward": "winograd", "weight_grad": paths.split("_")[0], "input_grad": paths.split("_")[-2]
+                if paths != "winograd" else "winograd"}
+    for direction, path in expected.items():
+        assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == path, direction
     check_conv3x3_all_directions(rng, case, dtype)
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("case", [(1, 128, 128, 40, 37), (1, 512, 512, 14, 13)])
+def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, case):
+    """float32 Winograd sums over 128-512 channels (contractions of 1,152-4,608 products) stay within
+    the convolution's 2e-5 tolerance, with the default block sizes (small images: path forced)."""
+    from minunet.kernels.cpu import winograd
+    monkeypatch.setattr(winograd, "MIN_TILES", dict.fromkeys(winograd.MIN_TILES, 0))
+    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
+    n, c, k, h, w = case
+    for direction in ("forward", "weight_grad", "input_grad"):
+        assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "winograd"
+    check_conv3x3_all_directions(rng, case, np.float32)
 
 
 def test_conv2d_paths_of_the_paper_network():

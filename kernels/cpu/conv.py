@@ -67,7 +67,9 @@ def _epilogue(acc, bias, relu, y, r0, width):
 # crossovers, one core each, against OpenBLAS (docs/performance.md). Forward: direct wins up to
 # 32->32 (1.15-3x), ties at 64->32, loses from 32->64 on. Backward: direct wins up to 32->32
 # (1.1-1.8x), loses from 64->32 on; mixing the paths costs a second pass over gy (gy_wide and
-# gy_pad), so both gradients switch together. Tests set these to 0 or a huge value to force a path.
+# gy_pad), so both gradients switch together here. (The Winograd thresholds do mix them, for a
+# big filter with few tiles, where the second pass is cheap.) Tests set these to 0 or a huge
+# value to force a path.
 DIRECT_MAX = {"forward": 32 * 32, "weight_grad": 32 * 32, "input_grad": 32 * 32}
 
 

@@ -34,9 +34,10 @@ def _sgd_serial(p, g, v, lr, momentum, weight_decay):
 
 @njit(cache=True, inline="always")
 def _adam_at(i, p, g, m, v, lr, beta1, beta2, eps, correction1, correction2, weight_decay):
+    # beta1, beta2 are (beta, 1 - beta) pairs: "1 - beta" here would promote float32 to float64.
     gi = g[i] + weight_decay * p[i]
-    m[i] = beta1 * m[i] + (1 - beta1) * gi
-    v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
+    m[i] = beta1[0] * m[i] + beta1[1] * gi
+    v[i] = beta2[0] * v[i] + beta2[1] * gi * gi
     p[i] -= lr * (m[i] / correction1) / (math.sqrt(v[i] / correction2) + eps)
 
 
@@ -70,7 +71,8 @@ def sgd_step(param, grad, velocity, lr, momentum, weight_decay):
 def adam_step(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay):
     """Adam (L2 weight decay added to the gradient), in place; step counts from 1."""
     scalar = param.dtype.type
+    b1, b2 = scalar(beta1), scalar(beta2)       # the corrections use the betas as rounded here
     update = _adam_parallel if param.size >= PARALLEL_MIN else _adam_serial
     update(_flat(param), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), _flat(m), _flat(v),
-           scalar(lr), scalar(beta1), scalar(beta2), scalar(eps),
-           scalar(1.0 - float(beta1) ** step), scalar(1.0 - float(beta2) ** step), scalar(weight_decay))
+           scalar(lr), (b1, scalar(1 - b1)), (b2, scalar(1 - b2)), scalar(eps),
+           scalar(1.0 - float(b1) ** step), scalar(1.0 - float(b2) ** step), scalar(weight_decay))

@@ -3,8 +3,9 @@
 Forward: ``cols = W^T @ x`` turns each input pixel into its K*k*k "stamp" (one GEMM,
 (K*k*k, C) @ (C, H*W)); a Numba pass then adds the stamps into the output, each input pixel's
 stamp placed 2 pixels after its neighbour's (col2im). For k=2 the stamps do not overlap and
-are interleaved into the output rows; for k=4 each output pixel gathers 4 of them. Backward mirrors it: an im2col gather of gy into the
-stamps' layout, then two GEMMs (gx = W @ gcols, gw = x @ gcols^T).
+are interleaved into the output rows; for k=4 each output pixel gathers 4 of them. Backward
+mirrors it: an im2col gather of gy into the stamps' layout, then two GEMMs (gx = W @ gcols,
+gw = x @ gcols^T).
 """
 import numpy as np
 from numba import njit, prange

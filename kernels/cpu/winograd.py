@@ -8,8 +8,9 @@ Each 2x2 block of outputs ("tile") reads a 4x4 patch d of the input. Winograd (L
 with small constant matrices A, B, G. Summed over input channels, position xi of every tile of
 every output channel is one GEMM: M[xi] (K x tiles) = U[xi] (K x C) @ V[xi] (C x tiles), where
 U = G w G^T is the transformed filter and V = B^T d B the transformed input. So a convolution is
-an input transform, 16 GEMMs (BLAS) and an output transform, against 9 GEMMs of the same size
-with nine times more tiles for the direct form: 16/4 = 4 multiplications per output instead of 9.
+an input transform, 16 GEMMs (BLAS) and an output transform, against 9 GEMMs over 4x as many
+positions (one per output pixel) for the direct form: 16/4 = 4 multiplications per output
+instead of 9.
 The transforms cost memory traffic (V is 4x the input), which is why this pays only where the
 GEMMs are large: many channels and many tiles (``applies``).
 
@@ -33,8 +34,12 @@ from numba import njit
 from . import buffers
 from .blas import WORKERS, gemm, parallel_for
 
-# Tiles per block: enough that each of the 16 GEMMs has a long dimension worth BLAS's packing,
-# bounded so that a worker's V and M (16 x (C + K) x tiles) stay within SCRATCH_BYTES.
+# Tiles per block: enough that each of the 16 GEMMs has a long dimension worth BLAS's packing
+# (at least BLOCK_TILES[0], rounded up to whole tile rows), otherwise as many as keep a worker's
+# V and M (16 x (C + K) x tiles) within SCRATCH_BYTES. So with many channels the scratch exceeds
+# it (1024 + 512 channels at 54 x 54: 270 tiles, 26 MB), and the weight gradient adds each
+# worker's 16 x K x C sum (16 MB at 512 x 512); those layers have small activations, so the
+# step's peak memory, set by the top layers, does not move (docs/performance.md).
 BLOCK_TILES = (256, 2048)
 SCRATCH_BYTES = 1 << 24
 
@@ -188,7 +193,7 @@ def conv3x3_forward(x, w, bias, relu):
     ho, wo = h - 2, wd - 2
     tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
     u = np.empty((16, k, c), x.dtype)
-    _filter_transform(w, u)
+    _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
     rows = _block_rows(tiles_x, tiles_y, c + k, x.itemsize)
 
