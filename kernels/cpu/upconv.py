@@ -73,6 +73,7 @@ def conv_transpose2d_forward(x, w, b):
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = buffers.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), x.dtype)
     cols = buffers.empty((k * kh * kw, h * wd), x.dtype)
+    place = _interleave if (kh, kw) == (2, 2) else _col2im
     for img in range(n):
         x_flat = x[img].reshape(c, h * wd)
 
@@ -81,7 +82,6 @@ def conv_transpose2d_forward(x, w, b):
             gemm(w_mat, x_flat[:, a:b], cols[:, a:b], trans_a=True)
 
         parallel_for(stamps, range(h * wd))
-        place = _interleave if (kh, kw) == (2, 2) else _col2im
         place(cols.reshape(k, kh, kw, h, wd), bias, y[img])
     return y
 

@@ -179,11 +179,15 @@ def _grad_transform(gy_pad, tr0, tr1, tiles_x, g):
                     g3[t0 + tx] = -q
 
 
-def _block_rows(tiles_x, tiles_y, channels, itemsize):
-    """Tile rows per block: BLOCK_TILES[0]..BLOCK_TILES[1] tiles within SCRATCH_BYTES; every worker gets one."""
+def _tiling(n, ho, wo, channels, itemsize):
+    """(tiles_x, tiles_y, rows, blocks) for an Ho x Wo output of n images: tiles per row and column,
+    tile rows per block (BLOCK_TILES[0]..BLOCK_TILES[1] tiles within SCRATCH_BYTES; every worker
+    gets one), and the blocks as (image, first tile row)."""
+    tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
     tiles = SCRATCH_BYTES // (16 * channels * itemsize)
     tiles = min(BLOCK_TILES[1], max(BLOCK_TILES[0], tiles))
-    return max(1, min(-(-tiles // tiles_x), -(-tiles_y // WORKERS)))
+    rows = max(1, min(-(-tiles // tiles_x), -(-tiles_y // WORKERS)))
+    return tiles_x, tiles_y, rows, [(img, tr) for img in range(n) for tr in range(0, tiles_y, rows)]
 
 
 def conv3x3_forward(x, w, bias, relu):
@@ -191,11 +195,10 @@ def conv3x3_forward(x, w, bias, relu):
     n, c, h, wd = x.shape
     k = w.shape[0]
     ho, wo = h - 2, wd - 2
-    tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
+    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
     u = np.empty((16, k, c), x.dtype)
     _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
-    rows = _block_rows(tiles_x, tiles_y, c + k, x.itemsize)
 
     def blocks(part):                      # one worker: its (image, first tile row) blocks
         v = buffers.empty((16, c, rows * tiles_x), x.dtype)
@@ -208,35 +211,31 @@ def conv3x3_forward(x, w, bias, relu):
                 gemm(u[xi], v[xi, :, :tiles], m[xi, :, :tiles])
             _output_transform(m, bias, relu, tr0, tr1, tiles_x, y[img])
 
-    parallel_for(blocks, [(img, tr) for img in range(n) for tr in range(0, tiles_y, rows)])
+    parallel_for(blocks, items)
     return y
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _g_t(a0, a1, a2, a3):
+    """G^T (3x4) times the column (a0, a1, a2, a3)."""
+    return a0 + 0.5 * (a1 + a2), 0.5 * (a1 - a2), 0.5 * (a1 + a2) + a3
 
 
 @njit(cache=True, nogil=True)
 def _filter_grad_transform(partials, gw):
     """gw[k, c] = G^T m G, m (4x4) = the sum over workers of partials[:, xi, k, c], in float64."""
     k_out, c_in = gw.shape[:2]
-    m, a = np.empty((16, c_in)), np.empty(4)
+    m, cols = np.empty((16, c_in)), np.empty((3, 4))
     for k in range(k_out):
         m[:] = 0
         for part in range(partials.shape[0]):
             for xi in range(16):
                 m[xi] += partials[part, xi, k]
         for c in range(c_in):
-            # rows of G^T m: m0 + (m1 + m2)/2, (m1 - m2)/2, (m1 + m2)/2 + m3 (each a row of four);
-            # then the same combinations of each row's four columns.
-            for i in range(3):
-                for j in range(4):
-                    r0, r1, r2, r3 = m[j, c], m[4 + j, c], m[8 + j, c], m[12 + j, c]
-                    if i == 0:
-                        a[j] = r0 + 0.5 * (r1 + r2)
-                    elif i == 1:
-                        a[j] = 0.5 * (r1 - r2)
-                    else:
-                        a[j] = 0.5 * (r1 + r2) + r3
-                gw[k, c, i, 0] = a[0] + 0.5 * (a[1] + a[2])
-                gw[k, c, i, 1] = 0.5 * (a[1] - a[2])
-                gw[k, c, i, 2] = 0.5 * (a[1] + a[2]) + a[3]
+            for j in range(4):              # G^T m, column by column
+                cols[0, j], cols[1, j], cols[2, j] = _g_t(m[j, c], m[4 + j, c], m[8 + j, c], m[12 + j, c])
+            for i in range(3):              # (G^T m) G, row by row
+                gw[k, c, i, 0], gw[k, c, i, 1], gw[k, c, i, 2] = _g_t(cols[i, 0], cols[i, 1], cols[i, 2], cols[i, 3])
 
 
 def conv3x3_weight_grad(x, gy_pad):
@@ -244,8 +243,7 @@ def conv3x3_weight_grad(x, gy_pad):
     n, c, h, wd = x.shape
     k = gy_pad.shape[1]
     ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
-    tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
-    rows = _block_rows(tiles_x, tiles_y, c + k, x.itemsize)
+    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
 
     def blocks(part):                      # one worker: its blocks, summed into its own dW^
         v = buffers.empty((16, c, rows * tiles_x), x.dtype)
@@ -260,7 +258,7 @@ def conv3x3_weight_grad(x, gy_pad):
                 gemm(g[xi, :, :tiles], v[xi, :, :tiles], acc[xi], trans_b=True, beta=1.0)
         return acc
 
-    partials = np.stack(parallel_for(blocks, [(img, tr) for img in range(n) for tr in range(0, tiles_y, rows)]))
+    partials = np.stack(parallel_for(blocks, items))
     gw = np.empty((k, c, 3, 3), x.dtype)
     _filter_grad_transform(partials, gw)
     return gw
