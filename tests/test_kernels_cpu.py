@@ -21,6 +21,7 @@ from minunet.kernels import reference as ref
 
 cpu = pytest.importorskip("minunet.kernels.cpu")
 from minunet.kernels.cpu import conv as cpu_conv  # noqa: E402
+from minunet.kernels.cpu import direct as cpu_direct  # noqa: E402
 
 FLOAT64_TOL = 1e-10
 FLOAT32_TOL = {
@@ -113,14 +114,28 @@ def check_conv3x3_all_directions(rng, case, dtype):
                     assert_close(a, e, dtype, "conv2d")
 
 
+def force_direct(monkeypatch, forward, weight_grad, input_grad):
+    """Make each direction of a 3x3 convolution take the direct path (True) or not (False)."""
+    never, always = 0, 10 ** 9
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {"forward": always if forward else never,
+                                                 "weight_grad": always if weight_grad else never,
+                                                 "input_grad": always if input_grad else never})
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", dict.fromkeys(cpu_conv.DIRECT_MAX_PIXELS, 0))
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", always)
+
+
 DIRECT_CASES = [
-    # (N, C, K, H, W): the direct 3x3 kernels (few channels)
+    # (N, C, K, H, W): the direct 3x3 kernels; outputs narrower than one vector (16 float32, 8
+    # float64 with AVX-512) take the row kernel, wider ones the tiled kernel
     (1, 1, 3, 7, 9),           # one input channel (the first layer), odd sizes, odd K
     (2, 1, 4, 5, 12),          # one input channel, batch 2
     (2, 3, 5, 6, 11),          # batch 2, odd K (the last channel has no partner)
     (1, 16, 16, 13, 10),       # the width-16 shapes, small
     (2, 5, 2, 3, 3),           # 1x1 output
     (1, 2, 1, 4, 40),          # K = 1, long rows
+    (1, 3, 13, 6, 21),         # tiled: K = 8 + 4 + 1 channels, the last column vector overlaps
+    (2, 16, 16, 7, 34),        # tiled: odd Ho (the last row pair overlaps), batch 2
+    (1, 70, 9, 4, 18),         # tiled: many input channels, Ho = 2, Wo = 16 (one vector exactly)
 ]
 
 
@@ -131,12 +146,87 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("block", [1 << 19, 5])
 def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block):
     """Both paths (and the direct weight gradient with the GEMM input gradient) against the reference."""
-    monkeypatch.setattr(cpu_conv, "DIRECT_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
-    limit = {"direct": 10 ** 9, "gemm": 0}
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {
-        "forward": limit.get(path, 10 ** 9), "weight_grad": limit.get(path, 10 ** 9),
-        "input_grad": limit.get(path, 0)})
+    monkeypatch.setattr(cpu_direct, "WEIGHT_GRAD_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
+    force_direct(monkeypatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
+    n, c, k, h, w = case
+    for direction, want in [("forward", path != "gemm"), ("weight_grad", path != "gemm"), ("input_grad", path == "direct")]:
+        assert (cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "direct") == want, direction
     check_conv3x3_all_directions(rng, case, dtype)
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    # (N, C, K, Ho, Wo) of the output, in units of the vector width where it matters
+    (1, 1, 8, 2, "lanes"),         # one micro-kernel tile, exactly
+    (2, 4, 15, 3, "lanes + 1"),    # K = 8 + 4 + 2 + 1, odd Ho, overlapping last vector
+    (1, 9, 24, 5, "3 * lanes - 5"),
+    (1, 33, 6, 4, "2 * lanes"),    # K = 4 + 2 only
+])
+def test_direct_tiled_kernel(rng, monkeypatch, case, dtype):
+    """The register-blocked kernel alone (the row kernel made to fail), every channel-block size,
+    row and column overlap, with and without ReLU, against the reference."""
+    n, c, k, ho, wo_expr = case
+    lanes = cpu_direct.VECTOR_BYTES // np.dtype(dtype).itemsize
+    wo = eval(wo_expr, {"lanes": lanes})
+
+    def no_rows(*args):
+        raise AssertionError("the row kernel ran")
+    monkeypatch.setattr(cpu_direct, "_rows", no_rows)
+    x, x64 = draw(rng, (n, c, ho + 2, wo + 2), dtype)
+    wt, wt64 = draw(rng, (k, c, 3, 3), dtype, 1 / np.sqrt(c * 9))
+    b, b64 = draw(rng, (k,), dtype)
+    for relu in (False, True):
+        y = np.full((n, k, ho, wo), np.nan, dtype)
+        cpu_direct.conv3x3(x, wt, b, relu, y)
+        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d", conv_scale(x64, wt64, b64))
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_narrow_output_takes_the_row_kernel(rng, monkeypatch, dtype):
+    """Outputs narrower than one vector, or one row high, go to the row kernel (the tiled one would read past them)."""
+    lanes = cpu_direct.VECTOR_BYTES // np.dtype(dtype).itemsize
+
+    def no_tiles(*args):
+        raise AssertionError("the tiled kernel ran")
+    monkeypatch.setattr(cpu_direct, "_tiled", no_tiles)
+    for ho, wo in [(4, lanes - 1), (1, 3 * lanes)]:
+        x, x64 = draw(rng, (1, 3, ho + 2, wo + 2), dtype)
+        wt, wt64 = draw(rng, (5, 3, 3, 3), dtype)
+        b, b64 = draw(rng, (5,), dtype)
+        y = np.empty((1, 5, ho, wo), dtype)
+        cpu_direct.conv3x3(x, wt, b, True, y)
+        assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=True), dtype, "conv2d", conv_scale(x64, wt64, b64))
+
+
+def test_wide_vectors_reach_the_machine_code():
+    """``wide_vectors()`` makes LLVM use 512-bit registers in the function that calls it, and only there."""
+    from numba import njit
+
+    from minunet.kernels.cpu import vector_width
+    assert vector_width.ENABLED, "this llvmlite no longer takes the attributes: the direct kernels lost 512-bit vectors"
+    if not vector_width.host_has_avx512():
+        pytest.skip("no AVX-512 on this CPU: 256-bit vectors are all there is")
+
+    def axpy(a, x, y):
+        for i in range(x.shape[0]):
+            y[i] += a * x[i]
+
+    def wide_axpy(a, x, y):
+        vector_width.wide_vectors()
+        for i in range(x.shape[0]):
+            y[i] += a * x[i]
+    x = np.ones(1000, np.float32)
+    asm = {}
+    for fn in (axpy, wide_axpy):
+        jitted = njit(fastmath=True)(fn)
+        y = np.zeros_like(x)
+        jitted(np.float32(2), x, y)
+        assert np.all(y == 2)
+        asm[fn.__name__] = jitted.inspect_asm(jitted.signatures[0])
+    assert "zmm" in asm["wide_axpy"]
+    assert "zmm" not in asm["axpy"]
 
 
 WINOGRAD_CASES = [
@@ -158,7 +248,8 @@ WINOGRAD_CASES = [
 def test_conv2d_winograd(rng, monkeypatch, case, dtype, gw_path, gx_path, blocks):
     """The Winograd path in every direction, alone and mixed with the GEMM path, against the reference."""
     from minunet.kernels.cpu import winograd
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", dict.fromkeys(cpu_conv.DIRECT_MAX, 0))
+    force_direct(monkeypatch, forward=False, weight_grad=False, input_grad=False)
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
     monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
     never = 10 ** 9
@@ -181,6 +272,7 @@ def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, cas
     from minunet.kernels.cpu import winograd
     monkeypatch.setattr(winograd, "MIN_TILES", dict.fromkeys(winograd.MIN_TILES, 0))
     monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
     n, c, k, h, w = case
     for direction in ("forward", "weight_grad", "input_grad"):
         assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "winograd"
@@ -188,15 +280,23 @@ def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, cas
 
 
 def test_conv2d_paths_of_the_paper_network():
-    """The dispatch: few channels direct, the large 64-512-channel layers Winograd, the 30-pixel bottom GEMM."""
+    """The dispatch (measured crossovers, docs/performance.md): few channels or few pixels direct,
+    the large 64-512-channel layers Winograd, and no second pass over gy just for the input gradient."""
     path = cpu_conv._path
-    assert path("forward", 16, 16, 3, 3, 568, 568) == "direct"
-    for direction in ("forward", "input_grad", "weight_grad"):
-        assert path(direction, 128, 128, 3, 3, 280, 280) == "winograd"
-        assert path(direction, 512, 512, 3, 3, 64, 64) == "winograd"
-        assert path(direction, 1024, 1024, 3, 3, 28, 28) == "gemm"
+    directions = ("forward", "weight_grad", "input_grad")
+    # width 64
+    assert [path(d, 1, 64, 3, 3, 570, 570) for d in directions] == ["direct"] * 3
+    for c, k, hw in [(64, 64, 568), (128, 128, 280), (128, 256, 138), (512, 512, 64), (64, 64, 388)]:
+        assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd"] * 3, (c, k, hw)
+    assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]
     assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
     assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head
+    # width 16: direct everywhere except weight gradients from 64 channels on ...
+    assert [path(d, 16, 16, 3, 3, 568, 568) for d in directions] == ["direct"] * 3
+    assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["direct", "winograd", "direct"]
+    # ... and input gradients whose weight gradient reads gy widened for the GEMMs
+    assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
+    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]   # but small
 
 
 @pytest.mark.gradcheck

@@ -1,0 +1,339 @@
+"""The direct 3x3 convolution kernels: few channels, or few pixels, where GEMMs are too short.
+
+Forward (and the input gradient, which is the same kernel on the zero-padded gy with flipped,
+transposed weights) has two implementations:
+
+- ``_tiled``, the register-blocked kernel. Its micro-kernel (``_emit_tile``) is LLVM IR emitted
+  by a Numba intrinsic: 8 output channels x 2 output rows x one vector of columns (16 float32
+  lanes with AVX-512), 16 accumulators held in vector registers over the whole loop over input
+  channels. Per input channel and tile it loads 12 input vectors (4 rows, shifted by 0, 1, 2
+  columns) and broadcasts 72 weights into 144 fused multiply-adds, and it reads and writes the
+  output once, at the end, with the bias and ReLU. Numba's own code cannot keep accumulators
+  in registers across a loop (an array is memory to LLVM, and it cannot prove an accumulator
+  array does not alias the input), which is why this one kernel is written at the IR level.
+  The last column vector of a row overlaps the one before it (recomputing, with identical
+  results, a few columns), and so does the last row pair with Ho odd: no scalar tail code.
+  With K not a multiple of 8 the last channels take micro-kernels of 4, 2 and 1 channels.
+- ``_rows``, plain Numba loops vectorised by LLVM over the columns, for outputs narrower than
+  one vector or a single row (and the form the tiled kernel replaced: 160-220 GFLOP/s where the
+  tiled kernel reaches 200-340 on the network's layers; docs/performance.md).
+
+The weight gradient (``weight_grad``) is a reduction over positions: two output channels and
+two rows of gy at a time against the shared input rows (``_dots_2x2``), summed in float64.
+
+Vectors are 64 bytes where the CPU has AVX-512, else 32 (``VECTOR_BYTES``); ``wide_vectors()``
+lets LLVM use the full width in these kernels only (kernels/cpu/vector_width.py).
+"""
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .vector_width import host_has_avx512, wide_vectors
+
+# Bytes per vector of the tiled kernel: its micro-kernel holds 16 of them as accumulators, which
+# fits AVX-512's 32 registers (with 12 input vectors); with AVX2's 16 registers LLVM spills some.
+VECTOR_BYTES = 64 if host_has_avx512() else 32
+
+# Output channels per micro-kernel, largest first: K is covered by blocks of 8, then 4, 2, 1.
+TILE_CHANNELS = (8, 4, 2, 1)
+TILE_ROWS = 2
+
+
+def _emit_tile(channels, context, builder, sig, args):
+    """LLVM IR of y[img, k0:k0+channels, r:r+2, col:col+lanes] = act(bias + 3x3 correlation), x and w C-ordered."""
+    x_arr, w_arr, b_arr, y_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:4], args[:4]))
+    img, k0, r, col = (context.cast(builder, v, t, types.intp) for v, t in zip(args[4:8], sig.args[4:8]))
+    relu = context.cast(builder, args[8], sig.args[8], types.boolean)
+    _, c_in, h, wd = cgutils.unpack_tuple(builder, x_arr.shape, 4)
+    _, k_out, ho, wo = cgutils.unpack_tuple(builder, y_arr.shape, 4)
+
+    itemsize = sig.args[0].dtype.bitwidth // 8
+    lanes = VECTOR_BYTES // itemsize
+    scalar = context.get_data_type(sig.args[0].dtype)
+    vector = ir.VectorType(scalar, lanes)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{lanes}f{8 * itemsize}")
+
+    def const(v):
+        return ir.Constant(ir.IntType(64), v)
+
+    def add(*terms):
+        return functools.reduce(builder.add, terms)
+
+    def splat(value):
+        undef = ir.Constant(vector, ir.Undefined)
+        one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+    def vector_at(data, offset):
+        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+    # The accumulators start as the bias; allocas that LLVM promotes to registers.
+    acc = []
+    for kk in range(channels):
+        bias = splat(builder.load(builder.gep(b_arr.data, [add(k0, const(kk))])))
+        acc.append([cgutils.alloca_once_value(builder, bias) for _ in range(TILE_ROWS)])
+
+    with cgutils.for_range(builder, c_in) as loop:
+        c = loop.index
+        top_left = add(builder.mul(add(builder.mul(add(builder.mul(img, c_in), c), h), r), wd), col)
+        xs = [[builder.load(vector_at(x_arr.data, add(top_left, builder.mul(const(i), wd), const(j))), align=itemsize)
+               for j in range(3)] for i in range(TILE_ROWS + 2)]
+        for kk in range(channels):
+            w_base = builder.mul(add(builder.mul(add(k0, const(kk)), c_in), c), const(9))
+            ws = [splat(builder.load(builder.gep(w_arr.data, [add(w_base, const(t))]))) for t in range(9)]
+            for row in range(TILE_ROWS):
+                a = builder.load(acc[kk][row])
+                for i in range(3):
+                    for j in range(3):
+                        a = builder.call(fma, [xs[row + i][j], ws[3 * i + j], a])
+                builder.store(a, acc[kk][row])
+
+    zero = splat(ir.Constant(scalar, 0.0))
+    for kk in range(channels):
+        for row in range(TILE_ROWS):
+            v = builder.load(acc[kk][row])
+            v = builder.select(relu, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
+            at = add(builder.mul(add(builder.mul(add(builder.mul(img, k_out), k0, const(kk)), ho), r, const(row)), wo), col)
+            builder.store(v, vector_at(y_arr.data, at), align=itemsize)
+    return context.get_dummy_value()
+
+
+def _make_tile(channels):
+    """The micro-kernel for ``channels`` output channels as a Numba intrinsic:
+    tile(x, w, bias, y, img, k0, r, col, relu), all arrays C-ordered, in bounds (the caller's job)."""
+    @intrinsic
+    def tile(typingctx, x, w, bias, y, img, k0, r, col, relu):
+        arrays = (x, w, bias, y)
+        if not all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == x.dtype for a in arrays):
+            return None
+        return types.void(x, w, bias, y, img, k0, r, col, relu), functools.partial(_emit_tile, channels)
+    return tile
+
+
+_tile8, _tile4, _tile2, _tile1 = (_make_tile(channels) for channels in TILE_CHANNELS)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _tiled(x, w, bias, relu, y):
+    """y = act(bias + 3x3 valid correlation of x with w), one task per pair of output rows.
+
+    Within a task, column vectors outside and channel blocks inside: the input window of one
+    column vector (4 rows x (lanes + 2) x C) stays in L1 while every channel block reads it.
+    Needs Wo >= lanes and Ho >= 2 (``conv3x3`` checks).
+    """
+    n, k_out, ho, wo = y.shape
+    lanes = VECTOR_BYTES // y.itemsize
+    pairs = (ho + 1) // 2
+    blocked = k_out - k_out % 8
+    for task in prange(n * pairs):
+        wide_vectors()
+        img = task // pairs
+        r = min(2 * (task % pairs), ho - 2)
+        for col0 in range(0, wo, lanes):
+            col = min(col0, wo - lanes)
+            for k in range(0, blocked, 8):
+                _tile8(x, w, bias, y, img, k, r, col, relu)
+            k = blocked
+            if k_out - k >= 4:
+                _tile4(x, w, bias, y, img, k, r, col, relu)
+                k += 4
+            if k_out - k >= 2:
+                _tile2(x, w, bias, y, img, k, r, col, relu)
+                k += 2
+            if k_out - k >= 1:
+                _tile1(x, w, bias, y, img, k, r, col, relu)
+
+
+def conv3x3(x, w, bias, relu, y):
+    """y (N, K, Ho, Wo) = act(bias + valid 3x3 correlation of x (N, C, H, W) with w (K, C, 3, 3)).
+
+    All arrays C-ordered and of one dtype; ``relu`` applies ReLU. The tiled kernel where the
+    output has a vector's width and two rows, the row kernel otherwise.
+    """
+    if y.shape[3] >= VECTOR_BYTES // y.itemsize and y.shape[2] >= 2:
+        _tiled(x, w, bias, relu, y)
+    else:
+        _rows(x, w, bias, relu, y)
+
+
+def weight_grad(x, gy_pad):
+    """gw (K, C, 3, 3) of the valid 3x3 convolution of x, from gy zero-padded by 2 on every side."""
+    n, c, _, width = x.shape
+    k, ho = gy_pad.shape[1], gy_pad.shape[2] - 4
+    rows = _weight_grad_rows(c, width, x.itemsize)
+    partial = np.empty((n * -(-ho // rows), k, c, 9), dtype=np.float64)
+    _weight_grad_blocks(x, gy_pad, rows, x.dtype.type(0), partial)
+    return partial.sum(axis=0).astype(x.dtype).reshape(k, c, 3, 3)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, inline="always")
+def _taps_2x2(o0, o1, p0, p1, u, v, x0, x1, x2, x3):
+    """Two output rows of two output channels from one input channel's four input rows.
+
+    o0, o1 += u, v (*) rows x0..x2 (output row r); p0, p1 += u, v (*) rows x1..x3 (row r + 1).
+    u, v are the 3x3 weights of the two channels. The four outputs share the twelve input loads
+    per column: register blocking that took the kernel from ~165 to ~190 GFLOP/s on 2 cores
+    (two channels of one row: 9 loads for 18 multiply-adds; this: 12 for 36). LLVM vectorises
+    across the independent columns; "contract" lets it use FMA instructions (no reassociation:
+    the sum's order is as written). Inlined into ``_rows`` (which must carry the same flag:
+    an inlined body takes its caller's flags).
+    """
+    u0, u1, u2, u3, u4, u5, u6, u7, u8 = u[0, 0], u[0, 1], u[0, 2], u[1, 0], u[1, 1], u[1, 2], u[2, 0], u[2, 1], u[2, 2]
+    v0, v1, v2, v3, v4, v5, v6, v7, v8 = v[0, 0], v[0, 1], v[0, 2], v[1, 0], v[1, 1], v[1, 2], v[2, 0], v[2, 1], v[2, 2]
+    for col in range(o0.shape[0]):
+        a0, a1, a2 = x0[col], x0[col + 1], x0[col + 2]
+        a3, a4, a5 = x1[col], x1[col + 1], x1[col + 2]
+        a6, a7, a8 = x2[col], x2[col + 1], x2[col + 2]
+        b0, b1, b2 = x3[col], x3[col + 1], x3[col + 2]
+        o0[col] += u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3 + u4 * a4 + u5 * a5 + u6 * a6 + u7 * a7 + u8 * a8
+        o1[col] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3 + v4 * a4 + v5 * a5 + v6 * a6 + v7 * a7 + v8 * a8
+        p0[col] += u0 * a3 + u1 * a4 + u2 * a5 + u3 * a6 + u4 * a7 + u5 * a8 + u6 * b0 + u7 * b1 + u8 * b2
+        p1[col] += v0 * a3 + v1 * a4 + v2 * a5 + v3 * a6 + v4 * a7 + v5 * a8 + v6 * b0 + v7 * b1 + v8 * b2
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def _rows(x, w, bias, relu, y):
+    """y[n, k, r, :] = act(bias[k] + sum_c,i,j w[k, c, i, j] x[n, c, r + i, j:j + Wo]), 3x3 valid.
+
+    One task per pair of output rows (all K channels): their four input rows of every channel
+    (4 C W values) stay in L1/L2 while the K output rows are computed from them, two channels
+    at a time (``_taps_2x2``). With K odd the last channel's partner, and with Ho odd the last
+    task's second row, are scratch rows.
+    """
+    n, k_out, ho, wo = y.shape
+    c_in = x.shape[1]
+    pairs = (ho + 1) // 2
+    for task in prange(n * pairs):
+        wide_vectors()
+        img, r = task // pairs, 2 * (task % pairs)
+        two = r + 1 < ho
+        scratch = np.empty((3, wo), dtype=y.dtype)
+        for k in range(0, k_out, 2):
+            k1 = min(k + 1, k_out - 1)
+            o0 = y[img, k, r]
+            o1 = y[img, k1, r] if k1 > k else scratch[0]
+            p0 = y[img, k, r + 1] if two else scratch[1]
+            p1 = y[img, k1, r + 1] if two and k1 > k else scratch[2]
+            o0[:] = bias[k]
+            o1[:] = bias[k1]
+            p0[:] = bias[k]
+            p1[:] = bias[k1]
+            for c in range(c_in):
+                x3 = x[img, c, r + 3] if two else x[img, c, r + 2]
+                _taps_2x2(o0, o1, p0, p1, w[k, c], w[k1, c], x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x3)
+        if relu:
+            for k in range(k_out):
+                for row in range(r, r + 2 if two else r + 1):
+                    out = y[img, k, row]
+                    for col in range(wo):
+                        if out[col] < 0:
+                            out[col] = 0
+
+
+# Bytes of the input rows one direct weight-gradient task reads (C x rows x W): they stay in L2.
+WEIGHT_GRAD_BLOCK_BYTES = 1 << 19
+
+
+def _weight_grad_rows(c, width, itemsize):
+    """Output rows per direct weight-gradient task: its input rows fill WEIGHT_GRAD_BLOCK_BYTES."""
+    return max(1, WEIGHT_GRAD_BLOCK_BYTES // (itemsize * c * width))
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
+def _dots_2x2(g, g2, h, h2, x0, x1, x2, x3, zero, tg, th):
+    """tg[3i + j] += g . x_i[j:j + Wo] + g2 . x_(i+1)[j:j + Wo], and th likewise with h, h2.
+
+    Two consecutive gy rows (r, r + 1) of two output channels: output row r reads input rows
+    x0..x2, row r + 1 reads x1..x3, so the four gy rows share 12 input loads per column for 36
+    multiply-adds (two rows of one channel each: 9 loads for 18; ~1.2x faster). ``zero`` is 0
+    in the input's dtype, so the 18 dot products accumulate in it; "reassoc" lets LLVM split
+    each into vector lanes, as BLAS would (no other fast-math flag: NaN and Inf behave). The
+    sums are added to the float64 totals tg, th. Inlined like ``_taps_2x2``.
+    """
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
+    for col in range(g.shape[0]):
+        a0, a1, a2 = x0[col], x0[col + 1], x0[col + 2]
+        a3, a4, a5 = x1[col], x1[col + 1], x1[col + 2]
+        a6, a7, a8 = x2[col], x2[col + 1], x2[col + 2]
+        b0, b1, b2 = x3[col], x3[col + 1], x3[col + 2]
+        u, u2, v, v2 = g[col], g2[col], h[col], h2[col]
+        s0 += u * a0 + u2 * a3
+        s1 += u * a1 + u2 * a4
+        s2 += u * a2 + u2 * a5
+        s3 += u * a3 + u2 * a6
+        s4 += u * a4 + u2 * a7
+        s5 += u * a5 + u2 * a8
+        s6 += u * a6 + u2 * b0
+        s7 += u * a7 + u2 * b1
+        s8 += u * a8 + u2 * b2
+        t0 += v * a0 + v2 * a3
+        t1 += v * a1 + v2 * a4
+        t2 += v * a2 + v2 * a5
+        t3 += v * a3 + v2 * a6
+        t4 += v * a4 + v2 * a7
+        t5 += v * a5 + v2 * a8
+        t6 += v * a6 + v2 * b0
+        t7 += v * a7 + v2 * b1
+        t8 += v * a8 + v2 * b2
+    tg[0] += s0
+    tg[1] += s1
+    tg[2] += s2
+    tg[3] += s3
+    tg[4] += s4
+    tg[5] += s5
+    tg[6] += s6
+    tg[7] += s7
+    tg[8] += s8
+    th[0] += t0
+    th[1] += t1
+    th[2] += t2
+    th[3] += t3
+    th[4] += t4
+    th[5] += t5
+    th[6] += t6
+    th[7] += t7
+    th[8] += t8
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _weight_grad_blocks(x, gy_pad, rows, zero, partial):
+    """partial[t, k, c, 3i + j] = sum over the rows of block t of gy[k] * x[c] shifted by (i, j).
+
+    One task per block of ``rows`` output rows (of one image), so the block's input rows stay
+    in cache while every (k, c) pair reads them; two output channels and two rows at a time
+    (``_dots_2x2``; an odd last row is paired with a row of zeros; with K odd the last channel's
+    partner is a dummy). gy is the interior of gy_pad (padded by 2 on
+    every side): passing the contiguous padded array, not a strided view of it, lets Numba know
+    its rows are contiguous, which LLVM needs to vectorise the column loop. Rows add up in
+    float64; the caller sums the blocks.
+    """
+    n, k_out = gy_pad.shape[:2]
+    ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
+    c_in = x.shape[1]
+    per_img = (ho + rows - 1) // rows
+    for task in prange(n * per_img):
+        img, r0 = task // per_img, (task % per_img) * rows
+        dummy = np.zeros(9)
+        no_row = np.zeros(wo, dtype=gy_pad.dtype)         # the partner of an odd last row
+        for k in range(0, k_out, 2):
+            k1 = min(k + 1, k_out - 1)
+            for c in range(c_in):
+                tg = partial[task, k, c]
+                th = partial[task, k1, c] if k1 > k else dummy
+                tg[:] = 0
+                th[:] = 0
+                r_end = min(r0 + rows, ho)
+                for r in range(r0, r_end - 1, 2):           # two rows at a time, then the odd one
+                    _dots_2x2(gy_pad[img, k, r + 2, 2:2 + wo], gy_pad[img, k, r + 3, 2:2 + wo],
+                              gy_pad[img, k1, r + 2, 2:2 + wo], gy_pad[img, k1, r + 3, 2:2 + wo],
+                              x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 3], zero, tg, th)
+                if (r_end - r0) % 2:
+                    r = r_end - 1
+                    _dots_2x2(gy_pad[img, k, r + 2, 2:2 + wo], no_row, gy_pad[img, k1, r + 2, 2:2 + wo], no_row,
+                              x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 2], zero, tg, th)
