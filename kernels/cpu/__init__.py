@@ -27,12 +27,38 @@ from .optim import adam_step, sgd_step
 from .pool import max_pool2d_backward, max_pool2d_forward
 from .upconv import conv_transpose2d_backward, conv_transpose2d_forward
 
-# Set before the first parallel kernel runs, unless the user chose a layer. Numba's "workqueue"
-# threads sleep between parallel regions; the OpenMP layer's threads spin after each region and
-# fight OpenBLAS's spinning threads for the cores: small kernels run between GEMMs became up to
-# 10x slower. (workqueue does not allow parallel kernels called from several threads at once.)
+# Numba's threading layer: OpenMP, with short spinning, unless the user chose a layer.
+# Each parallel kernel is one parallel region, and a training step runs about 300 of them. The
+# "workqueue" layer's threads sleep between regions and took 130-175 us to start each one on this
+# 2-core VM (about 50 ms of idle cores per width-16 step; benchmarks and docs/performance.md);
+# GNU OpenMP's threads spin for a while after a region and start the next one in 2 us. Spinning
+# long (libgomp's default, milliseconds) fought the BLAS worker threads of the GEMM path for the
+# cores, so the spin is cut to SPIN_COUNT iterations of libgomp's wait loop (~0.1 ms here), which
+# still covers the Python between two kernels. libgomp reads GOMP_SPINCOUNT when it loads, so the
+# threads are started here, with the variable set only meanwhile (other OpenMP runtimes in the
+# process, PyTorch's for one, keep their own settings). Without OpenMP, workqueue.
+SPIN_COUNT = 10000
+
+
+def _start_threads():
+    """Start Numba's worker threads on OpenMP with a short spin (workqueue if OpenMP will not load)."""
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    numba.config.THREADING_LAYER = "default"
+    user_spin = os.environ.get("GOMP_SPINCOUNT")
+    if user_spin is None:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    try:
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()
+    except (ImportError, AttributeError):      # pragma: no cover - Numba moved it: threads start lazily
+        return
+    finally:
+        if user_spin is None:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    _start_threads()
 
 name = "cpu"
 xp = np
