@@ -291,11 +291,12 @@ def test_conv2d_paths_of_the_paper_network():
     assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]
     assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
     assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head
-    # width 16: direct everywhere except weight gradients from 64 channels on ...
+    # width 16: direct everywhere except weight gradients from 64 x 64 channels on ...
     assert [path(d, 16, 16, 3, 3, 568, 568) for d in directions] == ["direct"] * 3
     assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["direct", "winograd", "direct"]
     # ... and input gradients whose weight gradient reads gy widened for the GEMMs
-    assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
+    assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct"] * 3
+    assert [path(d, 32, 128, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
     assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]   # but small
 
 

@@ -74,10 +74,11 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   the nine GEMMs, whose blocks are too short there). The input gradient stays with the GEMMs
 #   when the weight gradient takes them, on images above DIRECT_MAX_PIXELS: the direct kernel's
 #   padded gy would be a second pass over gy, which cost what the faster kernel saved (64->32
-#   @200: 19.2 against 18.7 ms for the backward).
-# - Weight gradient (a reduction, 160-220 GFLOP/s): for C * K up to DIRECT_MAX; it loses to
-#   the GEMMs from 64->32 on.
-DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 32 * 32, "input_grad": 128 * 256}
+#   @200, before its weight gradient went direct: 19.2 against 18.7 ms for the backward).
+# - Weight gradient (a reduction, 170-240 GFLOP/s): for C * K up to DIRECT_MAX (64->32 @200:
+#   13.4 against 17.6 ms for the backward on the GEMMs); even at 64->64 with Winograd, and it
+#   loses from 128 channels on, where each (k, c) pair's share of a small image is too short.
+DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 32, "input_grad": 128 * 256}
 DIRECT_MAX_WORK = 3 * 10 ** 7
 DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
 

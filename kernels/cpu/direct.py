@@ -18,8 +18,11 @@ transposed weights) has two implementations:
   one vector or a single row (and the form the tiled kernel replaced: 160-220 GFLOP/s where the
   tiled kernel reaches 200-340 on the network's layers; docs/performance.md).
 
-The weight gradient (``weight_grad``) is a reduction over positions: two output channels and
-two rows of gy at a time against the shared input rows (``_dots_2x2``), summed in float64.
+The weight gradient (``weight_grad``) is a reduction over positions, also an IR micro-kernel
+(``_emit_weight_tile``): for two output channels and one input channel, the 18 sums are vector
+accumulators in registers while two gy rows at a time sweep the columns against the four input
+rows they share, moved to float64 every FLUSH_PRODUCTS products per lane (170-240 GFLOP/s; the
+Numba loops it replaced, 100-200, with two modes from run to run).
 
 Vectors are 64 bytes where the CPU has AVX-512, else 32 (``VECTOR_BYTES``); ``wide_vectors()``
 lets LLVM use the full width in these kernels only (kernels/cpu/vector_width.py).
@@ -164,10 +167,12 @@ def conv3x3(x, w, bias, relu, y):
 def weight_grad(x, gy_pad):
     """gw (K, C, 3, 3) of the valid 3x3 convolution of x, from gy zero-padded by 2 on every side."""
     n, c, _, width = x.shape
-    k, ho = gy_pad.shape[1], gy_pad.shape[2] - 4
+    k, ho, wo = gy_pad.shape[1], gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
     rows = _weight_grad_rows(c, width, x.itemsize)
+    lanes = VECTOR_BYTES // x.itemsize
+    pairs_per_flush = max(1, FLUSH_PRODUCTS // (2 * -(-wo // lanes)))
     partial = np.empty((n * -(-ho // rows), k, c, 9), dtype=np.float64)
-    _weight_grad_blocks(x, gy_pad, rows, x.dtype.type(0), partial)
+    _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial)
     return partial.sum(axis=0).astype(x.dtype).reshape(k, c, 3, 3)
 
 
@@ -235,105 +240,158 @@ def _rows(x, w, bias, relu, y):
                             out[col] = 0
 
 
-# Bytes of the input rows one direct weight-gradient task reads (C x rows x W): they stay in L2.
+# Bytes of the input rows one weight-gradient task reads (C x rows x W): they stay in L2.
 WEIGHT_GRAD_BLOCK_BYTES = 1 << 19
+
+# Products each float32 vector lane sums before its total moves to float64 (precision: the
+# float32 part of a sum stays a short one, as in a BLAS dot product's blocks).
+FLUSH_PRODUCTS = 64
 
 
 def _weight_grad_rows(c, width, itemsize):
-    """Output rows per direct weight-gradient task: its input rows fill WEIGHT_GRAD_BLOCK_BYTES."""
+    """Output rows per weight-gradient task: its input rows fill WEIGHT_GRAD_BLOCK_BYTES."""
     return max(1, WEIGHT_GRAD_BLOCK_BYTES // (itemsize * c * width))
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
-def _dots_2x2(g, g2, h, h2, x0, x1, x2, x3, zero, tg, th):
-    """tg[3i + j] += g . x_i[j:j + Wo] + g2 . x_(i+1)[j:j + Wo], and th likewise with h, h2.
+def _emit_weight_tile(channels, context, builder, sig, args):
+    """LLVM IR of partial[task, k0:k0+channels, c, 3i+j] = sum over rows r0..r1 of gy[k] (.) x[c] shifted by (i, j).
 
-    Two consecutive gy rows (r, r + 1) of two output channels: output row r reads input rows
-    x0..x2, row r + 1 reads x1..x3, so the four gy rows share 12 input loads per column for 36
-    multiply-adds (two rows of one channel each: 9 loads for 18; ~1.2x faster). ``zero`` is 0
-    in the input's dtype, so the 18 dot products accumulate in it; "reassoc" lets LLVM split
-    each into vector lanes, as BLAS would (no other fast-math flag: NaN and Inf behave). The
-    sums are added to the float64 totals tg, th. Inlined like ``_taps_2x2``.
+    The 9 x channels sums are vector accumulators held in registers across the columns of two
+    gy rows (which share four input rows: 12 input vectors and 2 x channels gy vectors feed
+    18 x channels fused multiply-adds), moved to float64 vectors every ``pairs_per_flush`` row
+    pairs, and reduced across lanes at the end. The last, partial vector of a row is read with
+    masked loads, so nothing beyond the row is read or counted.
     """
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
-    for col in range(g.shape[0]):
-        a0, a1, a2 = x0[col], x0[col + 1], x0[col + 2]
-        a3, a4, a5 = x1[col], x1[col + 1], x1[col + 2]
-        a6, a7, a8 = x2[col], x2[col + 1], x2[col + 2]
-        b0, b1, b2 = x3[col], x3[col + 1], x3[col + 2]
-        u, u2, v, v2 = g[col], g2[col], h[col], h2[col]
-        s0 += u * a0 + u2 * a3
-        s1 += u * a1 + u2 * a4
-        s2 += u * a2 + u2 * a5
-        s3 += u * a3 + u2 * a6
-        s4 += u * a4 + u2 * a7
-        s5 += u * a5 + u2 * a8
-        s6 += u * a6 + u2 * b0
-        s7 += u * a7 + u2 * b1
-        s8 += u * a8 + u2 * b2
-        t0 += v * a0 + v2 * a3
-        t1 += v * a1 + v2 * a4
-        t2 += v * a2 + v2 * a5
-        t3 += v * a3 + v2 * a6
-        t4 += v * a4 + v2 * a7
-        t5 += v * a5 + v2 * a8
-        t6 += v * a6 + v2 * b0
-        t7 += v * a7 + v2 * b1
-        t8 += v * a8 + v2 * b2
-    tg[0] += s0
-    tg[1] += s1
-    tg[2] += s2
-    tg[3] += s3
-    tg[4] += s4
-    tg[5] += s5
-    tg[6] += s6
-    tg[7] += s7
-    tg[8] += s8
-    th[0] += t0
-    th[1] += t1
-    th[2] += t2
-    th[3] += t3
-    th[4] += t4
-    th[5] += t5
-    th[6] += t6
-    th[7] += t7
-    th[8] += t8
+    x_arr, g_arr, p_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
+    task, img, k0, c, r0, r1, pairs_per_flush = (
+        context.cast(builder, v, t, types.intp) for v, t in zip(args[3:10], sig.args[3:10]))
+    _, c_in, h, wd = cgutils.unpack_tuple(builder, x_arr.shape, 4)
+    _, k_out, hp, wp = cgutils.unpack_tuple(builder, g_arr.shape, 4)
+    _, p_k, p_c, _ = cgutils.unpack_tuple(builder, p_arr.shape, 4)
+
+    itemsize = sig.args[0].dtype.bitwidth // 8
+    lanes = VECTOR_BYTES // itemsize
+    scalar = context.get_data_type(sig.args[0].dtype)
+    vector = ir.VectorType(scalar, lanes)
+    wide = ir.VectorType(ir.DoubleType(), lanes)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    mask_type = ir.VectorType(ir.IntType(1), lanes)
+    name = f"v{lanes}f{8 * itemsize}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.{name}")
+    masked_load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector.as_pointer(), i32, mask_type, vector]), f"llvm.masked.load.{name}.p0")
+
+    def const(v):
+        return ir.Constant(i64, v)
+
+    def add(*terms):
+        return functools.reduce(builder.add, terms)
+
+    zero = ir.Constant(vector, [0.0] * lanes)
+    wo = builder.sub(wp, const(4))
+    full, rem = builder.sdiv(wo, const(lanes)), builder.srem(wo, const(lanes))
+    undef = ir.Constant(ir.VectorType(i64, lanes), ir.Undefined)
+    rem_splat = builder.shuffle_vector(builder.insert_element(undef, rem, ir.Constant(i32, 0)), undef,
+                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+    tail_mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, lanes), list(range(lanes))), rem_splat)
+
+    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(9)] for _ in range(channels)]
+    totals = [[cgutils.alloca_once_value(builder, ir.Constant(wide, [0.0] * lanes)) for _ in range(9)]
+              for _ in range(channels)]
+
+    def rows_at(r, n_rows):
+        """Accumulate gy rows r .. r + n_rows - 1 of the channel block against x[c]."""
+        def columns(col, mask):
+            def load(arr, offset):
+                ptr = builder.bitcast(builder.gep(arr.data, [offset]), vector.as_pointer())
+                if mask is None:
+                    return builder.load(ptr, align=itemsize)
+                return builder.call(masked_load, [ptr, ir.Constant(i32, itemsize), mask, zero])
+            x0 = add(builder.mul(add(builder.mul(add(builder.mul(img, c_in), c), h), r), wd), col)
+            xs = [[load(x_arr, add(x0, builder.mul(const(i), wd), const(j))) for j in range(3)]
+                  for i in range(n_rows + 2)]
+            for kk in range(channels):
+                g0 = add(builder.mul(add(builder.mul(add(builder.mul(img, k_out), k0, const(kk)), hp), r, const(2)), wp),
+                         col, const(2))
+                gs = [load(g_arr, add(g0, builder.mul(const(rr), wp))) for rr in range(n_rows)]
+                for t in range(9):
+                    i, j = divmod(t, 3)
+                    a = builder.load(acc[kk][t])
+                    for rr in range(n_rows):
+                        a = builder.call(fma, [gs[rr], xs[rr + i][j], a])
+                    builder.store(a, acc[kk][t])
+
+        with cgutils.for_range(builder, full) as loop:
+            columns(builder.mul(loop.index, const(lanes)), None)
+        with builder.if_then(builder.icmp_signed(">", rem, const(0))):
+            columns(builder.mul(full, const(lanes)), tail_mask)
+
+    def flush():
+        for kk in range(channels):
+            for t in range(9):
+                part = builder.load(acc[kk][t])
+                if itemsize == 4:
+                    part = builder.fpext(part, wide)
+                builder.store(builder.fadd(builder.load(totals[kk][t]), part), totals[kk][t])
+                builder.store(zero, acc[kk][t])
+
+    pairs = builder.sdiv(builder.sub(r1, r0), const(2))
+    with cgutils.for_range(builder, pairs) as loop:
+        rows_at(add(r0, builder.mul(loop.index, const(2))), 2)
+        done = builder.add(loop.index, const(1))
+        with builder.if_then(builder.icmp_signed("==", builder.srem(done, pairs_per_flush), const(0))):
+            flush()
+    with builder.if_then(builder.icmp_signed(">", builder.srem(builder.sub(r1, r0), const(2)), const(0))):
+        rows_at(builder.sub(r1, const(1)), 1)
+    flush()
+
+    for kk in range(channels):
+        base = builder.mul(add(builder.mul(add(builder.mul(task, p_k), k0, const(kk)), p_c), c), const(9))
+        for t in range(9):
+            v = builder.load(totals[kk][t])
+            total = builder.extract_element(v, ir.Constant(i32, 0))
+            for lane in range(1, lanes):
+                total = builder.fadd(total, builder.extract_element(v, ir.Constant(i32, lane)))
+            builder.store(total, builder.gep(p_arr.data, [add(base, const(t))]))
+    return context.get_dummy_value()
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _weight_grad_blocks(x, gy_pad, rows, zero, partial):
+def _make_weight_tile(channels):
+    """The weight-gradient micro-kernel for ``channels`` output channels as a Numba intrinsic:
+    wtile(x, gy_pad, partial, task, img, k0, c, r0, r1, pairs_per_flush), arrays C-ordered."""
+    @intrinsic
+    def wtile(typingctx, x, gy_pad, partial, task, img, k0, c, r0, r1, pairs_per_flush):
+        if not all(isinstance(a, types.Array) and a.layout == "C" for a in (x, gy_pad, partial)):
+            return None
+        if gy_pad.dtype != x.dtype or partial.dtype != types.float64:
+            return None
+        sig = types.void(x, gy_pad, partial, task, img, k0, c, r0, r1, pairs_per_flush)
+        return sig, functools.partial(_emit_weight_tile, channels)
+    return wtile
+
+
+_weight_tile2, _weight_tile1 = _make_weight_tile(2), _make_weight_tile(1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial):
     """partial[t, k, c, 3i + j] = sum over the rows of block t of gy[k] * x[c] shifted by (i, j).
 
     One task per block of ``rows`` output rows (of one image), so the block's input rows stay
-    in cache while every (k, c) pair reads them; two output channels and two rows at a time
-    (``_dots_2x2``; an odd last row is paired with a row of zeros; with K odd the last channel's
-    partner is a dummy). gy is the interior of gy_pad (padded by 2 on
-    every side): passing the contiguous padded array, not a strided view of it, lets Numba know
-    its rows are contiguous, which LLVM needs to vectorise the column loop. Rows add up in
-    float64; the caller sums the blocks.
+    in L2 while every (k, c) pair reads them, two output channels at a time (the last one alone
+    with K odd). The caller sums the blocks.
     """
     n, k_out = gy_pad.shape[:2]
-    ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
+    ho = gy_pad.shape[2] - 4
     c_in = x.shape[1]
     per_img = (ho + rows - 1) // rows
     for task in prange(n * per_img):
+        wide_vectors()
         img, r0 = task // per_img, (task % per_img) * rows
-        dummy = np.zeros(9)
-        no_row = np.zeros(wo, dtype=gy_pad.dtype)         # the partner of an odd last row
-        for k in range(0, k_out, 2):
-            k1 = min(k + 1, k_out - 1)
+        r1 = min(r0 + rows, ho)
+        for k in range(0, k_out - 1, 2):
             for c in range(c_in):
-                tg = partial[task, k, c]
-                th = partial[task, k1, c] if k1 > k else dummy
-                tg[:] = 0
-                th[:] = 0
-                r_end = min(r0 + rows, ho)
-                for r in range(r0, r_end - 1, 2):           # two rows at a time, then the odd one
-                    _dots_2x2(gy_pad[img, k, r + 2, 2:2 + wo], gy_pad[img, k, r + 3, 2:2 + wo],
-                              gy_pad[img, k1, r + 2, 2:2 + wo], gy_pad[img, k1, r + 3, 2:2 + wo],
-                              x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 3], zero, tg, th)
-                if (r_end - r0) % 2:
-                    r = r_end - 1
-                    _dots_2x2(gy_pad[img, k, r + 2, 2:2 + wo], no_row, gy_pad[img, k1, r + 2, 2:2 + wo], no_row,
-                              x[img, c, r], x[img, c, r + 1], x[img, c, r + 2], x[img, c, r + 2], zero, tg, th)
+                _weight_tile2(x, gy_pad, partial, task, img, k, c, r0, r1, pairs_per_flush)
+        if k_out % 2:
+            for c in range(c_in):
+                _weight_tile1(x, gy_pad, partial, task, img, k_out - 1, c, r0, r1, pairs_per_flush)
