@@ -345,13 +345,16 @@ def _emit_weight_tile(channels, context, builder, sig, args):
         rows_at(builder.sub(r1, const(1)), 1)
     flush()
 
+    # Across the lanes as a tree ("reassoc" lets LLVM pair lanes up: 4 shuffle-and-add levels for
+    # 16 lanes instead of a chain of 15 dependent additions, which cost as much as the products on
+    # small images).
+    reduce_add = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), wide]), f"llvm.vector.reduce.fadd.v{lanes}f64")
     for kk in range(channels):
         base = builder.mul(add(builder.mul(add(builder.mul(task, p_k), k0, const(kk)), p_c), c), const(9))
         for t in range(9):
-            v = builder.load(totals[kk][t])
-            total = builder.extract_element(v, ir.Constant(i32, 0))
-            for lane in range(1, lanes):
-                total = builder.fadd(total, builder.extract_element(v, ir.Constant(i32, lane)))
+            total = builder.call(reduce_add, [ir.Constant(ir.DoubleType(), 0.0), builder.load(totals[kk][t])],
+                                 fastmath=("reassoc",))
             builder.store(total, builder.gep(p_arr.data, [add(base, const(t))]))
     return context.get_dummy_value()
 
@@ -377,21 +380,23 @@ _weight_tile2, _weight_tile1 = _make_weight_tile(2), _make_weight_tile(1)
 def _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial):
     """partial[t, k, c, 3i + j] = sum over the rows of block t of gy[k] * x[c] shifted by (i, j).
 
-    One task per block of ``rows`` output rows (of one image), so the block's input rows stay
-    in L2 while every (k, c) pair reads them, two output channels at a time (the last one alone
-    with K odd). The caller sums the blocks.
+    One job per block of ``rows`` output rows (of one image) and pair of output channels (the
+    last channel alone with K odd): the block's input rows stay in L2 while the pairs read them,
+    and small images still make enough jobs for every core. The caller sums the blocks.
     """
     n, k_out = gy_pad.shape[:2]
     ho = gy_pad.shape[2] - 4
     c_in = x.shape[1]
     per_img = (ho + rows - 1) // rows
-    for task in prange(n * per_img):
+    pairs = (k_out + 1) // 2
+    for job in prange(n * per_img * pairs):
         wide_vectors()
+        task, k = job // pairs, 2 * (job % pairs)
         img, r0 = task // per_img, (task % per_img) * rows
         r1 = min(r0 + rows, ho)
-        for k in range(0, k_out - 1, 2):
+        if k + 1 < k_out:
             for c in range(c_in):
                 _weight_tile2(x, gy_pad, partial, task, img, k, c, r0, r1, pairs_per_flush)
-        if k_out % 2:
+        else:
             for c in range(c_in):
-                _weight_tile1(x, gy_pad, partial, task, img, k_out - 1, c, r0, r1, pairs_per_flush)
+                _weight_tile1(x, gy_pad, partial, task, img, k, c, r0, r1, pairs_per_flush)
