@@ -187,11 +187,8 @@ def _cases(op, p, kb, torch, dtype, rng):
 
 def run(device="cpu", repeat=5, tile=572, width=64, dtype="float32", seed=0, progress=None):
     """Time every op of ``device``'s backend against PyTorch CPU; returns a list of record dicts."""
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("benchmarks/kernels.py compares against PyTorch, which is not installed: "
-                         "pip install torch (CPU build) to run it") from None
+    from benchmarks.timing import import_torch
+    torch = import_torch("benchmarks/kernels.py")      # after minunet's CPU backend (see there)
     from minunet.kernels import get_backend
     kb = get_backend(device)
     rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@
 Interleaving (minunet, PyTorch, minunet, PyTorch, ...) in one process means both see the same
 machine state (frequency, other load), so their ratio is meaningful even when absolute times drift.
 """
+import importlib
 import statistics
 import time
 
@@ -26,6 +27,13 @@ def interleaved(fns, warmup=1, repeat=3):
 
 def import_torch(script):
     """PyTorch, the yardstick; a clear exit when it is missing (it is never a minunet dependency)."""
+    # minunet's CPU backend first: it starts its OpenMP threads with a short spin, which libgomp
+    # reads only when it loads, and importing torch loads the system's libgomp with the default
+    # (a spin of milliseconds, which made minunet's step 10-20% slower here). torch keeps its own.
+    try:
+        importlib.import_module("minunet.kernels.cpu")
+    except ImportError:                # pragma: no cover - the CPU backend needs Numba
+        pass
     try:
         import torch
     except ImportError:
