@@ -518,3 +518,24 @@ def test_smoke_elementwise_loss_optim(rng):
     p, v = x.copy(), np.zeros_like(x)
     cpu.sgd_step(p, x, v, 0.1, 0.9, 0.0)
     assert_close(p, 0.9 * x.astype(np.float64), np.float32, "optimiser")
+
+
+def test_cpu_backend_threads_on_openmp_and_leaves_the_environment_alone():
+    """The backend starts Numba's threads on OpenMP (workqueue where libgomp will not load), with
+    its short spin set only while libgomp loads: nothing is left in the environment."""
+    import os
+    import subprocess
+    import sys
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401
+        expected = "omp"
+    except ImportError:
+        expected = "workqueue"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT")}
+    code = ("import os, numba, numpy, minunet.kernels.cpu as cpu; cpu.relu_forward(numpy.ones(4)); "
+            "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'), cpu.SPIN_COUNT)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, "None", "10000"]
+    env["NUMBA_THREADING_LAYER"] = "workqueue"      # the user's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "workqueue"
