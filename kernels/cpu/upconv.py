@@ -52,9 +52,13 @@ def _interleave(cols, bias, y):
                 row[2 * q + 1] = odd[q] + bias[k]
 
 
-@njit(parallel=True, cache=True)
-def _im2col(gy, gcols):
-    """gcols[k, i, j, h, w] = gy[k, 2h+i, 2w+j]: the stamps' layout of _col2im, gathered."""
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _im2col(gy, gcols, gb):
+    """gcols[k, i, j, h, w] = gy[k, 2h+i, 2w+j]: the stamps' layout of _col2im, gathered; gb[k] += sum of gy[k].
+
+    The bias gradient rides along, summed in float64 lanes ("reassoc"): NumPy's float64 sum over
+    the image axes took 3 ms of a width-16 step on one core.
+    """
     k_out, kh, kw, h, w = gcols.shape
     for k in prange(k_out):
         for i in range(kh):
@@ -62,6 +66,11 @@ def _im2col(gy, gcols):
                 for r in range(h):
                     for q in range(w):
                         gcols[k, i, j, r, q] = gy[k, 2 * r + i, 2 * q + j]
+        total = 0.0
+        for row in range(gy.shape[1]):
+            for col in range(gy.shape[2]):
+                total += gy[k, row, col]
+        gb[k] += total
 
 
 def conv_transpose2d_forward(x, w, b):
@@ -97,8 +106,9 @@ def conv_transpose2d_backward(x, w, gy):
     gx = buffers.empty_like(x)
     gw = np.zeros((c, k * kh * kw), dtype=dtype)
     gcols = buffers.empty((k * kh * kw, h * wd), dtype)
+    gb = np.zeros(k)
     for img in range(n):
-        _im2col(gy[img], gcols.reshape(k, kh, kw, h, wd))
+        _im2col(gy[img], gcols.reshape(k, kh, kw, h, wd), gb)
         x_flat, gx_flat = x[img].reshape(c, h * wd), gx[img].reshape(c, h * wd)
 
         def grads(part):                   # one worker: a range of input pixels; its share of gw
@@ -107,5 +117,4 @@ def conv_transpose2d_backward(x, w, gy):
             return gemm(x_flat[:, a:b], gcols[:, a:b], np.zeros_like(gw), trans_b=True)
 
         gw += sum(parallel_for(grads, range(h * wd)))
-    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
-    return gx, gw.reshape(c, k, kh, kw), gb
+    return gx, gw.reshape(c, k, kh, kw), gb.astype(dtype)
