@@ -70,8 +70,9 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   DIRECT_MAX, unless Winograd applies and the layer is big: more than DIRECT_MAX_WORK for C x K x
 #   (2x2 output tiles), a count of its work (Winograd 1.4-1.7x faster on 64->64 @390, 128->128
 #   @198, 128->256 @140, at 1.5e8; direct 1.1-1.3x faster from 64->64 @138, 2e7, down), and at any C * K on images of at most
-#   DIRECT_MAX_PIXELS outputs where Winograd does not apply (1024->1024 @28: 1.4x faster than
-#   the nine GEMMs, whose blocks are too short there). The input gradient stays with the GEMMs
+#   DIRECT_MAX_PIXELS outputs where Winograd does not apply (forward only: 1024->1024 @28 1.6x
+#   faster than the nine GEMMs, whose blocks are too short there, 512->1024 @30 1.1x slower; the
+#   input gradient of 1024->1024 @28 was 1.25x slower). The input gradient stays with the GEMMs
 #   when the weight gradient takes them, on images above DIRECT_MAX_PIXELS: the direct kernel's
 #   padded gy would be a second pass over gy, which cost what the faster kernel saved (64->32
 #   @200, before its weight gradient went direct: 19.2 against 18.7 ms for the backward).
@@ -80,7 +81,7 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   loses from 128 channels on, where each (k, c) pair's share of a small image is too short.
 DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 32, "input_grad": 128 * 256}
 DIRECT_MAX_WORK = 3 * 10 ** 7
-DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
+DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 0}
 
 
 def _path(direction, c, k, kh, kw, ho, wo):
