@@ -1,13 +1,16 @@
 """Numba CPU backend (see minunet.kernels for the contract): the default device.
 
-Convolutions are BLAS GEMMs over strided views (no im2col) or, with many channels, Winograd
-transforms around BLAS GEMMs, or direct Numba loops with few channels; everything else single
-fused Numba passes (``@njit(parallel=True, cache=True)``). One module per family of ops:
+Convolutions are direct register-blocked kernels (up to ~128 channels), Winograd transforms
+around BLAS GEMMs (many channels on large images), or BLAS GEMMs over strided views (no im2col);
+everything else single fused Numba passes (``@njit(parallel=True, cache=True)``). One module
+per family of ops:
 
     blas.py         row-major GEMM with accumulation on strided views (OpenBLAS via ctypes)
     buffers.py      the cache the kernels' large outputs come from, reused across steps
     conv.py         valid convolution, forward (bias + ReLU epilogue) and backward (ReLU mask fused)
+    direct.py       the direct 3x3 convolution: register-blocked micro-kernels in LLVM IR (from conv.py)
     winograd.py     the 3x3 convolution by Winograd's F(2x2, 3x3), for many channels (from conv.py)
+    vector_width.py 512-bit vectors for the kernels that ask for them
     upconv.py       stride-2 transposed convolution: GEMM + col2im, backward im2col + GEMMs
     pool.py         2x2 max pooling with uint8 argmax
     elementwise.py  ReLU, dropout (the contract's hash mask), crop-and-concatenate

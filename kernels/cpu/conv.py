@@ -16,19 +16,20 @@ and the input gradient is ``w[:, :, i, j]^T @ gy_wide`` accumulated into the shi
 ``gx`` (a "full" correlation), where gy_wide is gy at row width W with zeros in the junk
 columns (and ReLU's mask applied: the fusion of ReLU's backward).
 
-Few channels: with C or K around 16-32 each tap GEMM has a contraction of only C and re-reads its
-accumulator nine times, so OpenBLAS runs far below its peak (and with C = 1, the first layer, the
-"GEMMs" are outer products). For 3x3 kernels and few channels a direct Numba loop nest is used
-instead (``_direct3x3``): the input gradient is the same kernel run on the zero-padded gy with
-the weights flipped and transposed (a full correlation is a valid one on padded input), and the
-weight gradient has a direct kernel of its own.
+Few channels or small images: with C or K up to ~128 each tap GEMM has a short contraction and
+re-reads its accumulator nine times, so OpenBLAS runs far below its peak (and with C = 1, the
+first layer, the "GEMMs" are outer products). For those 3x3 convolutions the direct kernels of
+``direct.py`` run instead, register-blocked micro-kernels written as LLVM IR: the input gradient
+is the forward kernel run on the zero-padded gy with the weights flipped and transposed (a full
+correlation is a valid one on padded input), and the weight gradient has a kernel of its own.
 
 Many channels on large images: Winograd's F(2x2, 3x3) (``winograd.py``) does the same 3x3
-convolution with 16 GEMMs over 4x fewer positions, 2.25x fewer multiplications; it beat the nine
-GEMMs by 1.1-1.6x from 64 channels and ~700 output tiles up.
+convolution with 16 GEMMs over 4x fewer positions, 2.25x fewer multiplications; it beats the
+other paths from 64 channels and ~700 output tiles up once the layer is big enough.
 
-Which path runs is chosen per direction (``_path``) by the thresholds in ``DIRECT_MAX`` and
-``winograd.applies`` (measured crossovers, see docs/performance.md).
+Which path runs is chosen per direction (``_path``) by the thresholds in ``DIRECT_MAX``,
+``DIRECT_MAX_WORK``, ``DIRECT_MAX_PIXELS`` and ``winograd.applies`` (measured crossovers, see
+docs/performance.md).
 """
 import numpy as np
 from numba import njit, prange

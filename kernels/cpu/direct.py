@@ -1,4 +1,4 @@
-"""The direct 3x3 convolution kernels: few channels, or few pixels, where GEMMs are too short.
+"""The direct 3x3 convolution kernels: every layer too small for Winograd, where GEMMs are too short.
 
 Forward (and the input gradient, which is the same kernel on the zero-padded gy with flipped,
 transposed weights) has two implementations:
