@@ -46,6 +46,50 @@ TILE_CHANNELS = (8, 4, 2, 1)
 TILE_ROWS = 2
 
 
+class _Vectors:
+    """What both micro-kernels' IR needs for one dtype: the vector type, index arithmetic, splats,
+    vector pointers and the LLVM intrinsics they call."""
+
+    def __init__(self, context, builder, dtype):
+        self.builder = builder
+        self.itemsize = dtype.bitwidth // 8
+        self.lanes = VECTOR_BYTES // self.itemsize
+        self.scalar = context.get_data_type(dtype)
+        self.type = ir.VectorType(self.scalar, self.lanes)
+        self.suffix = f"v{self.lanes}f{8 * self.itemsize}"
+        self.fma = self.intrinsic(f"llvm.fma.{self.suffix}", self.type, [self.type] * 3)
+        self.zero = ir.Constant(self.type, [0.0] * self.lanes)
+
+    def intrinsic(self, name, result, arguments):
+        """The declaration of LLVM intrinsic ``name`` in this module."""
+        return cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(result, arguments), name)
+
+    @staticmethod
+    def const(value):
+        """An i64 constant (array indices are intp)."""
+        return ir.Constant(ir.IntType(64), value)
+
+    def add(self, *terms):
+        """The sum of i64 index terms."""
+        return functools.reduce(self.builder.add, terms)
+
+    def splat(self, value, vector_type=None):
+        """``value`` in every lane of a vector (of this dtype unless ``vector_type`` says otherwise)."""
+        vector_type = vector_type or self.type
+        undef = ir.Constant(vector_type, ir.Undefined)
+        one = self.builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
+        return self.builder.shuffle_vector(one, undef, zeros)
+
+    def at(self, data, offset):
+        """A vector pointer to element ``offset`` of an array's data."""
+        return self.builder.bitcast(self.builder.gep(data, [offset]), self.type.as_pointer())
+
+    def load(self, data, offset):
+        """The vector starting at element ``offset`` (no alignment assumed beyond the element's)."""
+        return self.builder.load(self.at(data, offset), align=self.itemsize)
+
+
 def _emit_tile(channels, context, builder, sig, args):
     """LLVM IR of y[img, k0:k0+channels, r:r+2, col:col+lanes] = act(bias + 3x3 correlation), x and w C-ordered."""
     x_arr, w_arr, b_arr, y_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:4], args[:4]))
@@ -54,55 +98,36 @@ def _emit_tile(channels, context, builder, sig, args):
     _, c_in, h, wd = cgutils.unpack_tuple(builder, x_arr.shape, 4)
     _, k_out, ho, wo = cgutils.unpack_tuple(builder, y_arr.shape, 4)
 
-    itemsize = sig.args[0].dtype.bitwidth // 8
-    lanes = VECTOR_BYTES // itemsize
-    scalar = context.get_data_type(sig.args[0].dtype)
-    vector = ir.VectorType(scalar, lanes)
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{lanes}f{8 * itemsize}")
-
-    def const(v):
-        return ir.Constant(ir.IntType(64), v)
-
-    def add(*terms):
-        return functools.reduce(builder.add, terms)
-
-    def splat(value):
-        undef = ir.Constant(vector, ir.Undefined)
-        one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-
-    def vector_at(data, offset):
-        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+    v = _Vectors(context, builder, sig.args[0].dtype)
+    const, add = v.const, v.add
 
     # The accumulators start as the bias; allocas that LLVM promotes to registers.
     acc = []
     for kk in range(channels):
-        bias = splat(builder.load(builder.gep(b_arr.data, [add(k0, const(kk))])))
+        bias = v.splat(builder.load(builder.gep(b_arr.data, [add(k0, const(kk))])))
         acc.append([cgutils.alloca_once_value(builder, bias) for _ in range(TILE_ROWS)])
 
     with cgutils.for_range(builder, c_in) as loop:
         c = loop.index
         top_left = add(builder.mul(add(builder.mul(add(builder.mul(img, c_in), c), h), r), wd), col)
-        xs = [[builder.load(vector_at(x_arr.data, add(top_left, builder.mul(const(i), wd), const(j))), align=itemsize)
-               for j in range(3)] for i in range(TILE_ROWS + 2)]
+        xs = [[v.load(x_arr.data, add(top_left, builder.mul(const(i), wd), const(j))) for j in range(3)]
+              for i in range(TILE_ROWS + 2)]
         for kk in range(channels):
             w_base = builder.mul(add(builder.mul(add(k0, const(kk)), c_in), c), const(9))
-            ws = [splat(builder.load(builder.gep(w_arr.data, [add(w_base, const(t))]))) for t in range(9)]
+            ws = [v.splat(builder.load(builder.gep(w_arr.data, [add(w_base, const(t))]))) for t in range(9)]
             for row in range(TILE_ROWS):
                 a = builder.load(acc[kk][row])
                 for i in range(3):
                     for j in range(3):
-                        a = builder.call(fma, [xs[row + i][j], ws[3 * i + j], a])
+                        a = builder.call(v.fma, [xs[row + i][j], ws[3 * i + j], a])
                 builder.store(a, acc[kk][row])
 
-    zero = splat(ir.Constant(scalar, 0.0))
     for kk in range(channels):
         for row in range(TILE_ROWS):
-            v = builder.load(acc[kk][row])
-            v = builder.select(relu, builder.select(builder.fcmp_ordered("<", v, zero), zero, v), v)
+            out = builder.load(acc[kk][row])
+            out = builder.select(relu, builder.select(builder.fcmp_ordered("<", out, v.zero), v.zero, out), out)
             at = add(builder.mul(add(builder.mul(add(builder.mul(img, k_out), k0, const(kk)), ho), r, const(row)), wo), col)
-            builder.store(v, vector_at(y_arr.data, at), align=itemsize)
+            builder.store(out, v.at(y_arr.data, at), align=v.itemsize)
     return context.get_dummy_value()
 
 
@@ -288,31 +313,17 @@ def _emit_weight_tile(channels, context, builder, sig, args):
     _, k_out, hp, wp = cgutils.unpack_tuple(builder, g_arr.shape, 4)
     _, p_k, p_c, _ = cgutils.unpack_tuple(builder, p_arr.shape, 4)
 
-    itemsize = sig.args[0].dtype.bitwidth // 8
-    lanes = VECTOR_BYTES // itemsize
-    scalar = context.get_data_type(sig.args[0].dtype)
-    vector = ir.VectorType(scalar, lanes)
-    wide = ir.VectorType(ir.DoubleType(), lanes)
+    v = _Vectors(context, builder, sig.args[0].dtype)
+    const, add, lanes, zero = v.const, v.add, v.lanes, v.zero
     i32, i64 = ir.IntType(32), ir.IntType(64)
-    mask_type = ir.VectorType(ir.IntType(1), lanes)
-    name = f"v{lanes}f{8 * itemsize}"
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.{name}")
-    masked_load = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector, [vector.as_pointer(), i32, mask_type, vector]), f"llvm.masked.load.{name}.p0")
+    wide = ir.VectorType(ir.DoubleType(), lanes)
+    masked_load = v.intrinsic(f"llvm.masked.load.{v.suffix}.p0", v.type,
+                              [v.type.as_pointer(), i32, ir.VectorType(ir.IntType(1), lanes), v.type])
 
-    def const(v):
-        return ir.Constant(i64, v)
-
-    def add(*terms):
-        return functools.reduce(builder.add, terms)
-
-    zero = ir.Constant(vector, [0.0] * lanes)
     wo = builder.sub(wp, const(4))
     full, rem = builder.sdiv(wo, const(lanes)), builder.srem(wo, const(lanes))
-    undef = ir.Constant(ir.VectorType(i64, lanes), ir.Undefined)
-    rem_splat = builder.shuffle_vector(builder.insert_element(undef, rem, ir.Constant(i32, 0)), undef,
-                                       ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-    tail_mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, lanes), list(range(lanes))), rem_splat)
+    lane_index = ir.Constant(ir.VectorType(i64, lanes), list(range(lanes)))
+    tail_mask = builder.icmp_signed("<", lane_index, v.splat(rem, ir.VectorType(i64, lanes)))
 
     acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(9)] for _ in range(channels)]
     totals = [[cgutils.alloca_once_value(builder, ir.Constant(wide, [0.0] * lanes)) for _ in range(9)]
@@ -322,10 +333,9 @@ def _emit_weight_tile(channels, context, builder, sig, args):
         """Accumulate gy rows r .. r + n_rows - 1 of the channel block against x[c]."""
         def columns(col, mask):
             def load(arr, offset):
-                ptr = builder.bitcast(builder.gep(arr.data, [offset]), vector.as_pointer())
                 if mask is None:
-                    return builder.load(ptr, align=itemsize)
-                return builder.call(masked_load, [ptr, ir.Constant(i32, itemsize), mask, zero])
+                    return v.load(arr.data, offset)
+                return builder.call(masked_load, [v.at(arr.data, offset), ir.Constant(i32, v.itemsize), mask, zero])
             x0 = add(builder.mul(add(builder.mul(add(builder.mul(img, c_in), c), h), r), wd), col)
             xs = [[load(x_arr, add(x0, builder.mul(const(i), wd), const(j))) for j in range(3)]
                   for i in range(n_rows + 2)]
@@ -337,7 +347,7 @@ def _emit_weight_tile(channels, context, builder, sig, args):
                     i, j = divmod(t, 3)
                     a = builder.load(acc[kk][t])
                     for rr in range(n_rows):
-                        a = builder.call(fma, [gs[rr], xs[rr + i][j], a])
+                        a = builder.call(v.fma, [gs[rr], xs[rr + i][j], a])
                     builder.store(a, acc[kk][t])
 
         with cgutils.for_range(builder, full) as loop:
@@ -349,7 +359,7 @@ def _emit_weight_tile(channels, context, builder, sig, args):
         for kk in range(channels):
             for t in range(9):
                 part = builder.load(acc[kk][t])
-                if itemsize == 4:
+                if v.itemsize == 4:
                     part = builder.fpext(part, wide)
                 builder.store(builder.fadd(builder.load(totals[kk][t]), part), totals[kk][t])
                 builder.store(zero, acc[kk][t])
@@ -367,8 +377,7 @@ def _emit_weight_tile(channels, context, builder, sig, args):
     # Across the lanes as a tree ("reassoc" lets LLVM pair lanes up: 4 shuffle-and-add levels for
     # 16 lanes instead of a chain of 15 dependent additions, which cost as much as the products on
     # small images).
-    reduce_add = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), wide]), f"llvm.vector.reduce.fadd.v{lanes}f64")
+    reduce_add = v.intrinsic(f"llvm.vector.reduce.fadd.v{lanes}f64", ir.DoubleType(), [ir.DoubleType(), wide])
     for kk in range(channels):
         base = builder.mul(add(builder.mul(add(builder.mul(task, p_k), k0, const(kk)), p_c), c), const(9))
         for t in range(9):
