@@ -108,10 +108,12 @@ def test_shapes_have_every_class_and_mostly_background(rng):
 
 # ----------------------------------------------------------------------------- end to end
 
-# The recipe (docs/dental.md): depth 3, width 8, 4x4 up-convolutions, zero padding, deep
+# The recipe (docs/dental.md): depth 3, width 16, 4x4 up-convolutions, zero padding, deep
 # supervision (0.5 on the one coarse level), Adam 2e-3, 800 steps of 2 tiles of 124 -> 90
-# pixels, no augmentation or dropout (the shapes are already random), unweighted loss.
-RECIPE = dict(depth=3, width=8, classes=7, up_kernel=4, pad="zero", deep_supervision=True,
+# pixels, no augmentation or dropout (the shapes are already random), unweighted loss. (Width 8
+# failed for seed 1329329691 with any of these changes, two classes never learned: accuracy
+# 0.84-0.86; width 16 learns them all, 0.985.)
+RECIPE = dict(depth=3, width=16, classes=7, up_kernel=4, pad="zero", deep_supervision=True,
               optimizer="adam", lr=2e-3, iterations=800, batch=2, tile=124, augment=False, dropout=0.0)
 
 
