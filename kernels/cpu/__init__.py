@@ -33,13 +33,15 @@ from .upconv import conv_transpose2d_backward, conv_transpose2d_forward
 # Numba's threading layer: OpenMP, with short spinning, unless the user chose a layer.
 # Each parallel kernel is one parallel region, and a training step runs about 300 of them. The
 # "workqueue" layer's threads sleep between regions and took 130-175 us to start each one on this
-# 2-core VM (about 50 ms of idle cores per width-16 step; benchmarks and docs/performance.md);
-# GNU OpenMP's threads spin for a while after a region and start the next one in 2 us. Spinning
+# 2-core VM (the cores sat idle for 200 ms of a width-16 step's 2 x 340 ms; 65 ms on OpenMP;
+# docs/performance.md); GNU OpenMP's threads spin for a while after a region and start the next
+# one in 2 us. Spinning
 # long (libgomp's default, milliseconds) fought the BLAS worker threads of the GEMM path for the
 # cores, so the spin is cut to SPIN_COUNT iterations of libgomp's wait loop (~0.1 ms here), which
 # still covers the Python between two kernels. libgomp reads GOMP_SPINCOUNT when it loads, so the
 # threads are started here, with the variable set only meanwhile (other OpenMP runtimes in the
-# process, PyTorch's for one, keep their own settings). Without OpenMP, workqueue.
+# process, PyTorch's for one, keep their own settings; but if something loaded the system's
+# libgomp first, as `import torch` does, it keeps its default spin). Without OpenMP, workqueue.
 SPIN_COUNT = 10000
 
 
