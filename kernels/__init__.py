@@ -65,6 +65,11 @@ Fused weighted softmax cross-entropy
         Stable for logits of magnitude 1e4. Labels outside [0, K) other than ``ignore`` raise.
     ``softmax(logits) -> probs``  over the channel axis (for inference)
 
+Gradient accumulation
+    ``add(a, b) -> a + b``
+        The elementwise sum of two arrays of one shape and dtype, as a new array: the engine
+        sums the gradients of a tensor used twice (the U-Net's skip connections) with it.
+
 Optimiser updates (in place)
     ``sgd_step(param, grad, velocity, lr, momentum, weight_decay)``
         v = momentum v - lr (g + weight_decay p);  p += v

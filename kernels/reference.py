@@ -147,6 +147,11 @@ def relu_forward(x):
     return np.maximum(x, 0)
 
 
+def add(a, b):
+    """a + b, a new array: the engine's sum of two gradients of one tensor."""
+    return a + b
+
+
 def relu_backward(gy, y):
     """Gradient passes where the output is positive."""
     return gy * (y > 0)

@@ -93,14 +93,14 @@ class Tensor:
                 continue
             node = tensor.creator
             if node is None:                                   # a leaf: keep its gradient
-                tensor.grad = g if tensor.grad is None else tensor.grad + g
+                tensor.grad = g if tensor.grad is None else tensor.backend.add(tensor.grad, g)
                 continue
             input_grads = node.backward(g)
             for inp, ig in zip(node.inputs, input_grads):
                 if ig is None or not inp.requires_grad:
                     continue
                 previous = pending.get(id(inp))
-                pending[id(inp)] = ig if previous is None else previous + ig
+                pending[id(inp)] = ig if previous is None else inp.backend.add(previous, ig)
             node.release()
             tensor.creator = None
 

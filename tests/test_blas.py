@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +70,27 @@ def test_either_blas_loads_and_agrees(choice):
     else:
         pytest.importorskip("scipy_openblas32")
         assert name.startswith("OpenBLAS")
+
+
+def test_parallel_for_splits_in_order_and_joins(monkeypatch):
+    """Every item in exactly one part, parts in order, the first on the calling thread; a worker's
+    error reaches the caller, after every part has finished."""
+    monkeypatch.setattr(blas, "WORKERS", 3)
+    caller = threading.get_ident()
+    for n in (1, 2, 3, 7, 100):
+        parts = blas.parallel_for(lambda part: (list(part), threading.get_ident()), list(range(n)))
+        assert [i for part, _ in parts for i in part] == list(range(n))
+        assert len(parts) == min(3, n) and parts[0][1] == caller
+        assert all(abs(len(p) - n / len(parts)) < 1 for p, _ in parts)
+
+    finished = []
+
+    def fails_last(part):
+        if part[0] == 2:
+            raise RuntimeError("worker failed")
+        time.sleep(0.05)
+        finished.append(part[0])
+
+    with pytest.raises(RuntimeError, match="worker failed"):
+        blas.parallel_for(fails_last, [0, 1, 2])
+    assert sorted(finished) == [0, 1]

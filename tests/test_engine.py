@@ -6,15 +6,22 @@ from minunet import functional as F
 from minunet.autograd import Tensor, no_grad
 
 
-def leaf(array):
-    return Tensor(np.asarray(array, dtype=np.float64), requires_grad=True, device="reference")
+def leaf(array, device="reference"):
+    return Tensor(np.asarray(array, dtype=np.float64), requires_grad=True, device=device)
 
 
-def test_tensor_used_twice_accumulates(rng):
-    x = leaf(rng.standard_normal((2, 3)) + 3)
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_tensor_used_twice_accumulates(rng, device):
+    x = leaf(rng.standard_normal((2, 3)) + 3, device)
     y = F.add(F.relu(x), F.scale(x, 2.0))          # d/dx = 1 + 2 where x > 0
     y.backward(np.ones((2, 3)))
     np.testing.assert_allclose(x.grad, 3.0)
+    # Through the backend's sum (the skip connection's case): the gradients of both uses, summed.
+    x = leaf(rng.standard_normal((1, 2, 6, 6)), device)
+    g_relu, g_scale = rng.standard_normal((2, 1, 2, 6, 6))
+    F.add(F.relu(x), F.scale(x, -0.5)).backward(g_relu)
+    want = g_relu * (x.data > 0) - 0.5 * g_relu
+    np.testing.assert_allclose(x.grad, want, rtol=1e-12, atol=1e-12)
 
 
 def test_backward_twice_accumulates_into_leaves(rng):

@@ -238,6 +238,7 @@ def test_relu_and_dropout(kb, rng, dtype):
     check(kb, got, want.astype(np.float64), dtype, "dropout forward")
     check(kb, kb.dropout_backward(kb.asarray(gy), p, seed), ref.dropout_backward(gy, p, seed).astype(np.float64),
           dtype, "dropout backward")
+    np.testing.assert_array_equal(kb.to_numpy(kb.add(kb.asarray(x), kb.asarray(gy))), x + gy)
     np.testing.assert_array_equal(kb.to_numpy(kb.dropout_forward(kb.asarray(x), 0.0, seed)), x)
 
 

@@ -13,7 +13,7 @@ per family of ops:
     vector_width.py 512-bit vectors for the kernels that ask for them
     upconv.py       stride-2 transposed convolution: GEMM + col2im, backward im2col + GEMMs
     pool.py         2x2 max pooling with uint8 argmax
-    elementwise.py  ReLU, dropout (the contract's hash mask), crop-and-concatenate
+    elementwise.py  ReLU, dropout (the contract's hash mask), crop-and-concatenate, gradient sums
     loss.py         fused weighted softmax cross-entropy, softmax
     optim.py        SGD with momentum, Adam
 """
@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from .conv import conv2d_backward, conv2d_forward
-from .elementwise import (crop_concat_backward, crop_concat_forward, dropout_backward, dropout_forward,
+from .elementwise import (add, crop_concat_backward, crop_concat_forward, dropout_backward, dropout_forward,
                           relu_backward, relu_forward)
 from .loss import softmax, softmax_cross_entropy
 from .optim import adam_step, sgd_step
@@ -84,5 +84,5 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
     "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
-    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step",
+    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add",
 ]

@@ -78,9 +78,11 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   padded gy would be a second pass over gy, which cost what the faster kernel saved (64->32
 #   @200, before its weight gradient went direct: 19.2 against 18.7 ms for the backward).
 # - Weight gradient (a reduction, 170-240 GFLOP/s): for C * K up to DIRECT_MAX (64->32 @200:
-#   13.4 against 17.6 ms for the backward on the GEMMs); even at 64->64 with Winograd, and it
-#   loses from 128 channels on, where each (k, c) pair's share of a small image is too short.
-DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 32, "input_grad": 128 * 256}
+#   13.4 against 17.6 ms for the backward on the GEMMs; 32->128 @200 alone 15.0 against 22.3),
+#   including 64->64 below DIRECT_MAX_WORK, where it ties with Winograd alone (6.8 against 7.0 ms
+#   at @138) and wins in the step, whose Winograd blocks split unevenly there; it loses from 128
+#   channels on, where each (k, c) pair's share of a small image is too short.
+DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 64, "input_grad": 128 * 256}
 DIRECT_MAX_WORK = 3 * 10 ** 7
 DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 0}
 

@@ -1,4 +1,4 @@
-"""ReLU, dropout and the U-Net's crop-and-concatenate: single parallel passes over memory."""
+"""ReLU, dropout, the U-Net's crop-and-concatenate and gradient sums: single parallel passes over memory."""
 import numpy as np
 from numba import njit, prange
 
@@ -34,6 +34,29 @@ def relu_backward(gy, y):
     gx = buffers.empty_like(gy)
     _relu_grad(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
     return gx
+
+
+# ----------------------------------------------------------------------------- gradient sums
+
+@njit(parallel=True, cache=True)
+def _add(a, b, out):
+    for i in prange(a.size):
+        out[i] = a[i] + b[i]
+
+
+def add(a, b):
+    """a + b as a new array, for the engine's sum of a tensor's gradients.
+
+    Why not NumPy's ``+``: at the skip connections these are the step's largest arrays (16 x 568
+    x 568 at width 16), and NumPy sums them on one core into freshly mapped pages (6.5 ms of a
+    width-16 step). Arrays that differ in shape or dtype take NumPy's rules.
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return a + b
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    out = buffers.empty_like(a)
+    _add(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    return out
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -23,12 +23,12 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
     "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
-    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step",
+    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add",
 ]
 
 if cuda is not None:
     from .conv import conv2d_backward, conv2d_forward
-    from .elementwise import (crop_concat_backward, crop_concat_forward, dropout_backward, dropout_forward,
+    from .elementwise import (add, crop_concat_backward, crop_concat_forward, dropout_backward, dropout_forward,
                               relu_backward, relu_forward)
     from .loss import softmax, softmax_cross_entropy
     from .optim import adam_step, sgd_step
