@@ -141,7 +141,7 @@ def parallel_for(fn, items):
         return [fn(items)]
     if _pool is None:
         _pool = ThreadPoolExecutor(WORKERS - 1, thread_name_prefix="minunet-blas", initializer=_single_threaded_blas)
-    bounds = np.linspace(0, len(items), parts + 1).astype(int)
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
     futures = [_pool.submit(fn, items[a:b]) for a, b in zip(bounds[1:-1], bounds[2:])]
     try:
         _single_threaded_blas()

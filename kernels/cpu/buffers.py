@@ -23,6 +23,7 @@ Only arrays of at least ``MIN_BYTES`` are served (small ones are cheap to alloca
 are dropped, least recently used first, and if that is not enough the request gets a plain
 ``np.empty``.
 """
+import math
 import os
 import sys
 import threading
@@ -54,10 +55,13 @@ class _Arena:
     def reclaim(self):
         """Mark pieces nothing refers to any more as free, and merge free neighbours."""
         used = [p for p in self.pieces if p[2] is not None]
-        holders = [p[2] for p in used]
-        for piece, free in zip(used, _free_flags(holders)):
+        freed = False
+        for piece, free in zip(used, _free_flags([p[2] for p in used])):
             if free:
                 piece[2] = None
+                freed = True
+        if not freed:
+            return
         merged = []
         for piece in self.pieces:
             if merged and merged[-1][2] is None and piece[2] is None:
@@ -109,7 +113,7 @@ def empty(shape, dtype):
     global _tick
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or limit_bytes <= 0:
         return np.empty(shape, dtype)
     with _lock:

@@ -172,6 +172,20 @@ def _place_grad(gy, y, use_mask, out, top, left, gb):
         gb[k] = total
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _flip_transpose(w, out):
+    """out[c, k] = w[k, c] rotated by 180 degrees: the weights of the input gradient's correlation.
+
+    (NumPy's copy of the reversed, transposed view took 0.1 ms per big layer, 2 ms a step.)
+    """
+    k_out, c_in, kh, kw = w.shape
+    for c in prange(c_in):
+        for k in range(k_out):
+            for i in range(kh):
+                for j in range(kw):
+                    out[c, k, kh - 1 - i, kw - 1 - j] = w[k, c, i, j]
+
+
 def conv2d_backward(x, w, gy, y=None, need_gx=True):
     """(gx, gw, gb) of the valid convolution; gy is first masked by y > 0 when y is given.
 
@@ -208,7 +222,8 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     gx = None
     if gx_path in ("direct", "winograd"):
         # gx is the valid correlation of the padded gy with the flipped, transposed weights.
-        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype)
+        w_flip = np.empty((c, k, kh, kw), dtype)
+        _flip_transpose(w, w_flip)
         if gx_path == "winograd":
             gx = winograd.conv3x3_forward(gy_pad, w_flip, np.zeros(c, dtype), False)
         else:

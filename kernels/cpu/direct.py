@@ -217,7 +217,22 @@ def weight_grad(x, gy_pad):
     pairs_per_flush = max(1, FLUSH_PRODUCTS // (2 * -(-wo // lanes)))
     partial = np.empty((n * -(-ho // rows), k, c, 9), dtype=np.float64)
     _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial)
-    return partial.sum(axis=0).astype(x.dtype).reshape(k, c, 3, 3)
+    gw = np.empty((k, c, 3, 3), x.dtype)
+    _sum_blocks(partial, gw.reshape(k, c, 9))
+    return gw
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _sum_blocks(partial, gw):
+    """gw[k, c, t] = the sum over blocks b of partial[b, k, c, t], in float64, in block order."""
+    blocks, k_out = partial.shape[:2]
+    for k in prange(k_out):
+        for c in range(partial.shape[2]):
+            for t in range(partial.shape[3]):
+                total = 0.0
+                for b in range(blocks):
+                    total += partial[b, k, c, t]
+                gw[k, c, t] = total
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, inline="always")

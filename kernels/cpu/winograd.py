@@ -29,7 +29,7 @@ The transform coefficients are 0, +-1 and 1/2, so float32 results stay within th
 the direct form (tests/test_kernels_cpu.py).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import buffers
 from .blas import WORKERS, gemm, parallel_for
@@ -228,13 +228,15 @@ def _g_t(a0, a1, a2, a3):
     return a0 + 0.5 * (a1 + a2), 0.5 * (a1 - a2), 0.5 * (a1 + a2) + a3
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _filter_grad_transform(partials, gw):
-    """gw[k, c] = G^T m G, m (4x4) = the sum over workers of partials[:, xi, k, c], in float64."""
+    """gw[k, c] = G^T m G, m (4x4) = the sum over workers of partials[:, xi, k, c], in float64.
+
+    In parallel over k: on one core this took 0.5 ms of a 256->128 weight gradient.
+    """
     k_out, c_in = gw.shape[:2]
-    m, cols = np.empty((16, c_in)), np.empty((3, 4))
-    for k in range(k_out):
-        m[:] = 0
+    for k in prange(k_out):
+        m, cols = np.zeros((16, c_in)), np.empty((3, 4))
         for part in range(partials.shape[0]):
             for xi in range(16):
                 m[xi] += partials[part, xi, k]
