@@ -93,6 +93,39 @@ def test_conv2d(rng, monkeypatch, case, dtype, block):
             assert_close(got[2], want[2], dtype, "conv2d")
 
 
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    # (N, C, K, H, W)
+    (1, 1, 16, 40, 37),     # the first layer's shape, rows longer than two vectors plus a tail
+    (2, 3, 5, 4, 3),        # batch > 1, one output column
+    (1, 4, 1, 3, 67),       # one output row
+    (1, 2, 7, 19, 18),
+])
+def test_first_layer_weight_grad(rng, monkeypatch, case, dtype):
+    """A backward without input gradient from at most FEW_INPUTS_NO_GX channels takes the kernel
+    that reads gy and the ReLU mask directly; from more channels, the padded path. Both against
+    the reference, with and without the mask."""
+    calls = []
+    real = cpu_direct.masked_weight_grad
+    monkeypatch.setattr(cpu_direct, "masked_weight_grad", lambda *a: calls.append(a) or real(*a))
+    n, c, k, h, w = case
+    for channels, fused in [(c, True), (cpu_conv.FEW_INPUTS_NO_GX + 1, False)]:
+        calls.clear()
+        x, x64 = draw(rng, (n, channels, h, w), dtype)
+        wt, wt64 = draw(rng, (k, channels, 3, 3), dtype, 1 / np.sqrt(channels * 9))
+        y = cpu.conv2d_forward(x, wt, None, relu=True)
+        assert (y == 0).any() and (y > 0).any()
+        gy, gy64 = draw(rng, y.shape, dtype)
+        for mask in (y, None):
+            got = cpu.conv2d_backward(x, wt, gy, y=mask, need_gx=False)
+            want = ref.conv2d_backward(x64, wt64, gy64, y=None if mask is None else y.astype(np.float64), need_gx=False)
+            assert got[0] is None
+            assert_close(got[1], want[1], dtype, "conv2d")
+            assert_close(got[2], want[2], dtype, "conv2d")
+        assert len(calls) == (2 if fused else 0)
+
+
 def check_conv3x3_all_directions(rng, case, dtype):
     """Forward (with and without ReLU) and backward (with and without gx) of a 3x3 convolution
     of shape case = (N, C, K, H, W) against the reference, on fresh random inputs."""
