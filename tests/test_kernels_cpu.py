@@ -176,10 +176,12 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", DIRECT_CASES)
 @pytest.mark.parametrize("path", ["direct", "gemm", "mixed"])
-@pytest.mark.parametrize("block", [1 << 19, 5])
-def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block):
+@pytest.mark.parametrize("block, flush", [(1 << 19, None), (5, None), (1 << 19, 2)])
+def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block, flush):
     """Both paths (and the direct weight gradient with the GEMM input gradient) against the reference."""
     monkeypatch.setattr(cpu_direct, "WEIGHT_GRAD_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
+    if flush:                                # the weight gradient's sums move to float64 after every row pair
+        monkeypatch.setattr(cpu_direct, "FLUSH_PRODUCTS", flush)
     force_direct(monkeypatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
     n, c, k, h, w = case
     for direction, want in [("forward", path != "gemm"), ("weight_grad", path != "gemm"), ("input_grad", path == "direct")]:

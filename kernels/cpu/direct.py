@@ -363,8 +363,11 @@ def masked_weight_grad(x, gy, y=None):
 
 
 # Products each float32 vector lane sums before its total moves to float64 (precision: the
-# float32 part of a sum stays a short one, as in a BLAS dot product's blocks).
-FLUSH_PRODUCTS = 64
+# float32 part of a sum stays a short one, as in a BLAS dot product's blocks). Rows of more than
+# FLUSH_PRODUCTS / 2 vectors flush after every row pair. 256 against 64: the network's weight
+# gradients 3-12% faster, the error 1e-7 -> 2.6e-7 of max |gw| (16->16 @300; the float32 result's
+# own rounding is 6e-8, the tests' tolerance 2e-5).
+FLUSH_PRODUCTS = 256
 
 
 def _weight_grad_rows(c, width, itemsize):
