@@ -404,8 +404,11 @@ def test_crop_concat(rng, case, dtype):
     up, up64 = draw(rng, up_shape, dtype)
     assert_close(cpu.crop_concat_forward(skip, up), ref.crop_concat_forward(skip64, up64), dtype, "exact")
     gy, gy64 = draw(rng, (up_shape[0], skip_shape[1] + up_shape[1]) + up_shape[2:], dtype)
-    for got, want in zip(cpu.crop_concat_backward(gy, skip_shape), ref.crop_concat_backward(gy64, skip_shape)):
+    grads = cpu.crop_concat_backward(gy, skip_shape)
+    for got, want in zip(grads, ref.crop_concat_backward(gy64, skip_shape)):
         assert_close(got, want, dtype, "exact")
+        assert got.flags.c_contiguous
+    assert np.shares_memory(grads[1], gy) == (up_shape[0] == 1)     # one image: gup is a view of gy
 
 
 @pytest.mark.gradcheck

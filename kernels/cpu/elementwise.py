@@ -114,20 +114,16 @@ def _crop_concat(skip, up, top, left, y):
 
 
 @njit(parallel=True, cache=True)
-def _split_uncrop(gy, top, left, gskip, gup):
+def _uncrop(gy, top, left, gskip):
+    """gskip = gy's first channels placed at (top, left), zeros around them."""
     n, cs, hs, ws = gskip.shape
-    cu, hu, wu = gup.shape[1], gup.shape[2], gup.shape[3]
-    for plane in prange(n * (cs + cu)):
-        img, ch = plane // (cs + cu), plane % (cs + cu)
-        if ch < cs:
-            for r in range(hs):
-                for col in range(ws):
-                    inside = top <= r < top + hu and left <= col < left + wu
-                    gskip[img, ch, r, col] = gy[img, ch, r - top, col - left] if inside else 0
-        else:
-            for r in range(hu):
-                for col in range(wu):
-                    gup[img, ch - cs, r, col] = gy[img, ch, r, col]
+    hu, wu = gy.shape[2], gy.shape[3]
+    for plane in prange(n * cs):
+        img, ch = plane // cs, plane % cs
+        for r in range(hs):
+            for col in range(ws):
+                inside = top <= r < top + hu and left <= col < left + wu
+                gskip[img, ch, r, col] = gy[img, ch, r - top, col - left] if inside else 0
 
 
 def crop_concat_forward(skip, up):
@@ -142,11 +138,21 @@ def crop_concat_forward(skip, up):
 
 
 def crop_concat_backward(gy, skip_shape):
-    """(gskip, gup): the skip's channels go back into its cropped window (zeros around it)."""
+    """(gskip, gup): the skip's channels go back into its cropped window (zeros around it); gup
+    is gy's other channels, a view of gy where that is contiguous (one image), else a copy."""
     n, cs, hs, ws = skip_shape
     hu, wu = gy.shape[2:]
     top, left = crop_margins((hs, ws), (hu, wu))
     gskip = buffers.empty(skip_shape, gy.dtype)
-    gup = buffers.empty((n, gy.shape[1] - cs, hu, wu), gy.dtype)
-    _split_uncrop(gy, top, left, gskip, gup)
+    _uncrop(gy, top, left, gskip)
+    gup = gy[:, cs:]
+    if not gup.flags.c_contiguous:
+        gup = _copy(gup)
     return gskip, gup
+
+
+def _copy(a):
+    """A C-contiguous copy of ``a`` in a cached buffer."""
+    out = buffers.empty(a.shape, a.dtype)
+    out[...] = a
+    return out
