@@ -95,6 +95,20 @@ def test_conv2d(rng, monkeypatch, case, dtype, block):
 
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 70, 9, 6, 21), (2, 3, 5, 6, 11), (1, 16, 33, 5, 40)])
+def test_conv2d_gemm_weight_grad_direct_input_grad(rng, monkeypatch, case, dtype):
+    """The bottom layers' mix: the weight gradient on the GEMMs (gy widened), the input gradient
+    direct (gy padded), both from one backward call."""
+    force_direct(monkeypatch, forward=True, weight_grad=False, input_grad=True)
+    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", {"forward": 0, "weight_grad": 0, "input_grad": 10 ** 9})
+    n, c, k, h, w = case
+    assert cpu_conv._path("weight_grad", c, k, 3, 3, h - 2, w - 2) == "gemm"
+    assert cpu_conv._path("input_grad", c, k, 3, 3, h - 2, w - 2) == "direct"
+    check_conv3x3_all_directions(rng, case, dtype)
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [
     # (N, C, K, H, W)
     (1, 1, 16, 40, 37),     # the first layer's shape, rows longer than two vectors plus a tail
@@ -333,7 +347,10 @@ def test_conv2d_paths_of_the_paper_network():
     # ... and input gradients whose weight gradient reads gy widened for the GEMMs
     assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct"] * 3
     assert [path(d, 32, 256, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
-    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
+    # the bottom layers: the input gradient direct on small images up to 256 x 512 channels
+    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]
+    assert [path(d, 256, 512, 3, 3, 30, 30) for d in directions] == ["direct", "gemm", "direct"]
+    assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
 
 
 @pytest.mark.gradcheck

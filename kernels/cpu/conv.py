@@ -71,9 +71,12 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   DIRECT_MAX, unless Winograd applies and the layer is big: more than DIRECT_MAX_WORK for C x K x
 #   (2x2 output tiles), a count of its work (Winograd 1.4-1.7x faster on 64->64 @390, 128->128
 #   @198, 128->256 @140, at 1.5e8; direct 1.1-1.3x faster from 64->64 @138, 2e7, down), and at any C * K on images of at most
-#   DIRECT_MAX_PIXELS outputs where Winograd does not apply (forward only: 1024->1024 @28 1.6x
-#   faster than the nine GEMMs, whose blocks are too short there, 512->1024 @30 1.1x slower; the
-#   input gradient of 1024->1024 @28 was 1.25x slower). The input gradient stays with the GEMMs
+#   DIRECT_MAX_PIXELS outputs where Winograd does not apply (forward: 1024->1024 @28 1.6x
+#   faster than the nine GEMMs, whose blocks are too short there, 512->1024 @30 1.1x slower). On
+#   those images the input gradient is direct up to DIRECT_MAX_SMALL_INPUT_GRAD channels (with
+#   the weight gradient on the GEMMs, the backward of 256->256 @28 7.9 against 9.2 ms, 128->256
+#   @30 4.5 against 5.2, 256->512 @30 15.7 against 18.2; 512->512 @28 43.8 against 38.3, and
+#   1024->1024 @28 1.25x slower). Elsewhere the input gradient stays with the GEMMs
 #   when the weight gradient takes them, on images above DIRECT_MAX_PIXELS: the direct kernel's
 #   padded gy would be a second pass over gy, which cost what the faster kernel saved (64->32
 #   @200, before its weight gradient went direct: 19.2 against 18.7 ms for the backward).
@@ -87,7 +90,8 @@ DIRECT_MAX_WORK = 3 * 10 ** 7
 # A backward without input gradient (the first layer) from at most this many input channels
 # reads gy and the ReLU mask directly (``direct.masked_weight_grad``) instead of padding gy first.
 FEW_INPUTS_NO_GX = 4
-DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 0}
+DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
+DIRECT_MAX_SMALL_INPUT_GRAD = 256 * 512
 
 
 def _path(direction, c, k, kh, kw, ho, wo):
@@ -104,6 +108,8 @@ def _path(direction, c, k, kh, kw, ho, wo):
     if wino and not (few_channels and c * k * -(-ho // 2) * -(-wo // 2) <= DIRECT_MAX_WORK):
         return "winograd"
     small = ho * wo <= DIRECT_MAX_PIXELS[direction]
+    if direction == "input_grad":
+        small = small and c * k <= DIRECT_MAX_SMALL_INPUT_GRAD
     if direction == "input_grad" and not small and _path("weight_grad", c, k, kh, kw, ho, wo) == "gemm":
         return "gemm"      # the weight gradient's GEMMs read gy widened: padding it too would cost a pass
     if few_channels or small:
