@@ -278,6 +278,29 @@ def test_wide_vectors_reach_the_machine_code():
     assert "zmm" not in asm["axpy"]
 
 
+def test_tiled_kernel_prefetches_the_next_rows():
+    """The micro-kernel's machine code prefetches into L2 (prefetcht1) when asked to, and the
+    results do not depend on it; its prefetches past the last row (which every test's last row
+    pair makes) read nothing."""
+    from numba import njit
+
+    @njit
+    def one_tile(x, w, bias, y, prefetch):
+        cpu_direct._tile1(x, w, bias, y, 0, 0, 0, 0, False, prefetch)
+
+    lanes = cpu_direct.VECTOR_BYTES // 4
+    x = np.arange(9 * 4 * (lanes + 2), dtype=np.float32).reshape(1, 9, 4, lanes + 2)
+    w = np.linspace(-1, 1, 81, dtype=np.float32).reshape(1, 9, 3, 3)
+    ys = []
+    for prefetch in (False, True):
+        ys.append(np.zeros((1, 1, 2, lanes), np.float32))
+        one_tile(x, w, np.ones(1, np.float32), ys[-1], prefetch)
+    np.testing.assert_array_equal(ys[0], ys[1])
+    np.testing.assert_allclose(ys[0], ref.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.ones(1)),
+                               rtol=1e-5)
+    assert "prefetcht1" in one_tile.inspect_asm(one_tile.signatures[0])
+
+
 WINOGRAD_CASES = [
     # (N, C, K, H, W): Winograd F(2x2, 3x3); odd outputs leave overhanging tiles
     (1, 1, 3, 7, 9),           # one input channel, odd output (5 x 7)
