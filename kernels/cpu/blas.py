@@ -19,7 +19,8 @@ Parallelism: the convolutions issue thousands of modest GEMMs per training step.
 thread each one costs a fork/join barrier per call, and on a busy machine a barrier waits for a
 descheduled thread: a step became 6x slower under load. Instead ``parallel_for`` splits an op's
 blocks between the calling thread and a few Python worker threads (ctypes and ``nogil`` Numba
-kernels release the GIL), each of which calls BLAS single-threaded (OpenBLAS's ``openblas_set_num_threads_local``): one join per op.
+kernels release the GIL), each of which calls BLAS single-threaded (OpenBLAS's
+``openblas_set_num_threads_local``): one join per op.
 """
 import ctypes
 import glob
