@@ -87,11 +87,11 @@ def _epilogue(acc, bias, relu, y, r0, width):
 #   channels on, where each (k, c) pair's share of a small image is too short.
 DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 64, "input_grad": 128 * 256}
 DIRECT_MAX_WORK = 3 * 10 ** 7
+DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
+DIRECT_MAX_SMALL_INPUT_GRAD = 256 * 512
 # A backward without input gradient (the first layer) from at most this many input channels
 # reads gy and the ReLU mask directly (``direct.masked_weight_grad``) instead of padding gy first.
 FEW_INPUTS_NO_GX = 4
-DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
-DIRECT_MAX_SMALL_INPUT_GRAD = 256 * 512
 
 
 def _path(direction, c, k, kh, kw, ho, wo):
@@ -206,10 +206,11 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     dtype = x.dtype
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy, dtype=dtype)
+    y = None if y is None else np.ascontiguousarray(y)
     if not need_gx and kh == kw == 3 and c <= FEW_INPUTS_NO_GX:
-        gw, gb = direct.masked_weight_grad(x, gy, None if y is None else np.ascontiguousarray(y))
+        gw, gb = direct.masked_weight_grad(x, gy, y)
         return None, gw, gb
-    mask = np.ascontiguousarray(y) if y is not None else gy
+    mask = y if y is not None else gy
     gb = np.empty(k, dtype=dtype)
     gw_path = _path("weight_grad", c, k, kh, kw, ho, wo)
     gx_path = _path("input_grad", c, k, kh, kw, ho, wo) if need_gx else None

@@ -322,6 +322,7 @@ def _rows(x, w, bias, relu, y):
 # Bytes of the input rows one weight-gradient task reads (C x rows x W): they stay in L2.
 WEIGHT_GRAD_BLOCK_BYTES = 1 << 19
 
+
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _masked_weight_grad(x, gy, mask, use_mask, gw, gb):
     """gw[k, c, i, j] = sum of g[k] * x[c] shifted by (i, j), gb[k] = sum of g[k], where g = gy
