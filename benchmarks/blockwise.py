@@ -9,7 +9,7 @@ Writes a synthetic Zarr volume (``--slices`` x ``--size`` x ``--size``, default 
 saves a tiny random U-Net (depth 3, width 1: cheap enough that a 2-core machine predicts the whole
 volume in a few minutes; memory per block does not depend on the network's width beyond the
 forward pass, which ``--budget-gb`` bounds through the tile size), then runs
-:func:`minunet.blockwise.predict_volume` in a child process with ``memory_budget`` = the budget and
+:func:`minunet.inference.blockwise.predict_volume` in a child process with ``memory_budget`` = the budget and
 reads that child's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, also
 cross-checked with ``RUSAGE_CHILDREN`` in the parent). Reported: volume bytes, what in-memory
 prediction would hold (float32 input + K float32 probabilities per pixel), peak RSS, whether it is
@@ -54,7 +54,7 @@ def make_volume(path, slices, size, dtype, block, seed=0):
 
 def _child(args, queue):
     """Run the prediction and report this process's peak RSS (the measured quantity)."""
-    from minunet import blockwise
+    from minunet.inference import blockwise
     start = time.perf_counter()
     result = blockwise.predict_volume(args["model"], args["input"], args["output"], block=args["block"],
                                       device="cpu", output_format=args["output_format"], overwrite=True,
@@ -67,8 +67,8 @@ def _child(args, queue):
 def run(slices=8, size=8192, dtype="float32", block=1024, budget_gb=1.0, depth=3, width=1, workers=2,
         output_format="labels", folder=None, keep=False):
     """Write the volume, predict it in a child process, return the measurements as a dict."""
-    from minunet.checkpoint import save_checkpoint
-    from minunet.unet import UNet
+    from minunet.model.checkpoint import save_checkpoint
+    from minunet.model.unet import UNet
     work = Path(tempfile.mkdtemp(prefix="minunet-blockwise-", dir=folder or tempfile.gettempdir()))
     if ROOT in work.resolve().parents:
         raise SystemExit(f"--dir {folder}: inside the repository; use a scratch folder such as /tmp")

@@ -4,7 +4,7 @@
                                       [--conv-tile 64,64,16,4,4]
 
 For every distinct layer shape of the paper's network (depth 5, width 64, 572x572 input tile; the
-shapes come from ``benchmarks.kernels.layer_shapes``) and each batch size, the forward and backward
+shapes come from ``minunet.benchmarks.kernels.layer_shapes``) and each batch size, the forward and backward
 of each op are timed with CUDA events around each call (warm-up calls first, then the median of
 ``repeat`` calls, minunet and PyTorch interleaved). PyTorch's backward is called directly
 (``aten.convolution_backward``, ``max_pool2d_with_indices_backward``, ...), not through autograd,
@@ -22,17 +22,14 @@ import json
 import math
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # `benchmarks.kernels` as a script too
 
 
 def _require_gpu():
     """(torch, the cuda kernel module) or a one-line UserError saying what is missing."""
-    from minunet.errors import UserError
     import minunet.kernels.cuda as kc
+    from minunet.errors import UserError
     ok, why = kc.available()
     if not ok or kc.arrays.SIMULATOR:
         raise UserError(f"benchmarks/cuda_kernels.py: {kc.arrays.INSTALL_HINT} (missing: "
@@ -71,6 +68,7 @@ def _time(fns, repeat, warmup):
 def _cases(op, p, batch, kc, torch, rng):
     """(direction, minunet_fn, torch_fn, flops or None) for one op shape at one batch size."""
     import cupy
+
     from minunet.kernels.cuda import conv
     F, aten = torch.nn.functional, torch.ops.aten
 
@@ -188,14 +186,14 @@ def _cases(op, p, batch, kc, torch, rng):
 
 
 def _describe(op, p):
-    from benchmarks.kernels import _describe as describe     # the CPU benchmark's shape strings
+    from minunet.benchmarks.kernels import _describe as describe  # the CPU benchmark's shape strings
     return describe(op, p)
 
 
 def run(repeat=30, batch=1, tile=572, width=64, warmup=3, seed=0, conv_tile=None, progress=None):
     """Time every CUDA kernel against PyTorch/cuDNN at one batch size; a list of record dicts."""
     torch, kc = _require_gpu()
-    from benchmarks.kernels import layer_shapes
+    from minunet.benchmarks.kernels import layer_shapes
     from minunet.kernels.cuda import conv
     if conv_tile is not None:
         conv.TILE = conv.Tile(*conv_tile)
@@ -235,7 +233,7 @@ def summary(records):
 
 
 def main(argv=None):
-    from benchmarks.kernels import format_row, header
+    from minunet.benchmarks.kernels import format_row, header
     from minunet.errors import UserError
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1 and 16)")

@@ -39,11 +39,12 @@ def _median_time(fn, repeat):
 
 def run(repeat=5, isbi=ISBI, step_ms=200.0, loop_samples=20, workers=1):
     """Run the data benchmarks; returns a list of records (dicts) for tables and JSON."""
-    from minunet import data, synth, weights
+    from minunet.data import dataset as data
+    from minunet.data import synth, weights
     records = []
     label_png = Path(isbi) / "train" / "label" / "0.png"
     if label_png.is_file():
-        from minunet.imageio import read_stack
+        from minunet.data.imageio import read_stack
         labels = (read_stack(label_png)[0] > 0).astype(np.uint8)
         source = f"ISBI {label_png.name}"
     else:

@@ -15,12 +15,10 @@ PyTorch is imported only here; it is not a dependency of minunet.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import interleaved  # noqa: E402
+from minunet.benchmarks.timing import interleaved
 
 
 def network_ops(tile=572, width=64, depth=5, in_channels=1, classes=2, up_kernel=2):
@@ -187,7 +185,7 @@ def _cases(op, p, kb, torch, dtype, rng):
 
 def run(device="cpu", repeat=5, tile=572, width=64, dtype="float32", seed=0, progress=None):
     """Time every op of ``device``'s backend against PyTorch CPU; returns a list of record dicts."""
-    from benchmarks.timing import import_torch
+    from minunet.benchmarks.timing import import_torch
     torch = import_torch("benchmarks/kernels.py")      # after minunet's CPU backend (see there)
     from minunet.kernels import get_backend
     kb = get_backend(device)
@@ -270,5 +268,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root, for `benchmarks.*`
     sys.exit(main())

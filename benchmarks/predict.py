@@ -4,9 +4,9 @@
                                  [--repeat 3] [--warmup 1] [--json FILE]
 
 The paper's network (depth 5, width 64, 2 classes) with random He-initialised weights; PyTorch
-holds a copy of the same weights (``benchmarks.torch_unet.TorchUNet.from_minunet``). Both predict
+holds a copy of the same weights (``minunet.benchmarks.torch_unet.TorchUNet.from_minunet``). Both predict
 the same image with the same tiles: 572 input tiles, 388 output pixels each, so a 512x512 image
-takes 2x2 = 4 tiles, cut from the same mirror-extended image by :func:`minunet.tiling.extend`,
+takes 2x2 = 4 tiles, cut from the same mirror-extended image by :func:`minunet.inference.tiling.extend`,
 ``--batch`` tiles per forward pass, softmax, pasted into the probability map. Timed end to end,
 interleaved (minunet, torch, minunet, ...) after ``--warmup`` runs each; the median of
 ``--repeat`` runs is reported with the ratio minunet / torch (below 1: minunet faster). The two
@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import import_torch, interleaved  # noqa: E402
+from minunet.benchmarks.timing import import_torch, interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def torch_predict(twin, image, model, tile, batch, device="cpu"):
-    """The overlap-tile strategy of minunet.tiling, with the PyTorch twin running the tiles."""
+    """The overlap-tile strategy of minunet.inference.tiling, with the PyTorch twin running the tiles."""
     torch = import_torch("benchmarks/predict.py")
-    from minunet import tiling
+    from minunet.inference import tiling
     h, w = image.shape
     geo = model.geometry(tile)
     out, stride, margin = geo.output_size, tiling.tile_stride(model, tile), geo.margin
@@ -54,11 +53,9 @@ def torch_predict(twin, image, model, tile, batch, device="cpu"):
 def run(width=64, tile=572, size=512, batch=4, device="cpu", repeat=3, warmup=1, seed=0, progress=print):
     """Time overlap-tile prediction in minunet and PyTorch; returns the figures as a dict."""
     torch = import_torch("benchmarks/predict.py")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from benchmarks.torch_unet import TorchUNet
-    from minunet import tiling
-    from minunet.unet import UNet
+    from minunet.benchmarks.torch_unet import TorchUNet
+    from minunet.inference import tiling
+    from minunet.model.unet import UNet
 
     model = UNet(width=width, device=device, seed=seed).eval()
     torch_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -105,7 +102,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
-    from benchmarks.train_step import cuda_missing
+    from minunet.benchmarks.train_step import cuda_missing
     missing = cuda_missing(args.device)
     if missing:
         print(f"benchmarks/predict.py: {missing}", file=sys.stderr)
@@ -119,5 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root, for `benchmarks.*`
     sys.exit(main())

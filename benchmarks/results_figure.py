@@ -10,8 +10,8 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def main(argv=None):
@@ -21,8 +21,8 @@ def main(argv=None):
     parser.add_argument("--slice", type=int, default=24)
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
-    from minunet.data import load_slices
-    from minunet.imageio import read_stack
+    from minunet.data.dataset import load_slices
+    from minunet.data.imageio import read_stack
     raw, labels = load_slices(args.data, [args.slice])
     pred = read_stack(args.pred)[args.slice]
     panels = [(raw[0], "input (slice %d)" % args.slice, "gray"), (pred, "minunet: P(cell)", "gray"),

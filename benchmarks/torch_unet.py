@@ -10,7 +10,7 @@ import torch.nn.functional as tF
 
 
 class TorchUNet(torch.nn.Module):
-    """torch.nn twin of minunet.unet.UNet (same layer order, same parameter names)."""
+    """torch.nn twin of minunet.model.unet.UNet (same layer order, same parameter names)."""
 
     def __init__(self, depth=5, width=64, in_channels=1, classes=2, up_kernel=2, deep_supervision=False):
         super().__init__()

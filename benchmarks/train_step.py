@@ -5,7 +5,7 @@
 The paper's network (depth 5, 1 input channel, 2 classes, 2x2 up-convolutions, dropout 0.5) on one
 tile, batch 1. A training step is forward, weighted softmax cross-entropy over the output tile,
 backward and an SGD momentum (0.99) update. Both libraries run in ONE process with the same
-weights (``benchmarks.torch_unet.TorchUNet.from_minunet``), interleaved (minunet step, torch step,
+weights (``minunet.benchmarks.torch_unet.TorchUNet.from_minunet``), interleaved (minunet step, torch step,
 ...), after one warm-up step each; the median of ``--repeat`` steps is reported, then the same for
 the forward pass alone (inference: no graph, no dropout). Peak resident memory is measured in
 separate child processes, one per library, each running two training steps. A third child, with
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # as a script: the repository root
-from benchmarks.timing import import_torch, interleaved, tune_malloc  # noqa: E402
+from minunet.benchmarks.timing import import_torch, interleaved, tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,10 +38,10 @@ class MinunetCase:
     """The minunet side: model, SGD, a fixed random tile with labels and weights."""
 
     def __init__(self, width, tile, device, seed=0):
-        from minunet import functional as F
-        from minunet.autograd import Tensor, no_grad
-        from minunet.optim import SGD
-        from minunet.unet import UNet
+        from minunet.engine import functional as F
+        from minunet.engine.autograd import Tensor, no_grad
+        from minunet.engine.optim import SGD
+        from minunet.model.unet import UNet
         self.F, self.no_grad = F, no_grad
         self.model = UNet(width=width, device=device, seed=seed)
         self.opt = SGD(self.model.parameters(), lr=1e-4, momentum=0.99)
@@ -79,7 +78,7 @@ class TorchCase:
 
     def __init__(self, mine, device):
         torch = import_torch("benchmarks/train_step.py")
-        from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
+        from minunet.benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
         self.torch, self.loss_fn = torch, weighted_cross_entropy
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.model = TorchUNet.from_minunet(mine.model).to(self.device)
@@ -127,7 +126,6 @@ def _child(which, width, tile, device, env=None):
 
 
 def _child_main(which, width, tile, device):
-    sys.path.insert(0, str(ROOT))
     t0 = time.perf_counter()
     mine = MinunetCase(width, tile, device)
     case = mine if which == "minunet" else TorchCase(mine, device)
@@ -149,7 +147,6 @@ def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=
     the memory and cold-start children keep the default allocator.
     """
     import_torch("benchmarks/train_step.py")
-    sys.path.insert(0, str(ROOT))
     result = dict(width=width, tile=tile, device=device, repeat=repeat, tuned_malloc=bool(tuned_malloc))
     if cold:
         with tempfile.TemporaryDirectory() as cache:

@@ -7,13 +7,9 @@ dependency of minunet); they live in the source checkout, not in an installed wh
 """
 import importlib
 import sys
-from pathlib import Path
 
 import click
 
-from minunet.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "kernels": ("kernels", "every kernel's forward and backward against PyTorch, per layer shape"),
     "train-step": ("train_step", "a whole training step (and inference) against PyTorch, time and memory"),
@@ -24,12 +20,7 @@ FORWARD = dict(ignore_unknown_options=True, allow_extra_args=True, help_option_n
 
 
 def _run(script, args):
-    if not (ROOT / "benchmarks" / f"{script}.py").is_file():
-        raise UserError(f"benchmarks/{script}.py not found beside {ROOT / 'cli'}; minunet bench runs from a "
-                        "source checkout (git clone, then pip install -e .)")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    module = importlib.import_module(f"benchmarks.{script}")
+    module = importlib.import_module(f"minunet.benchmarks.{script}")
     code = module.main(list(args))
     if code:
         sys.exit(code)

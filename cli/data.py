@@ -59,7 +59,7 @@ def convert(images, labels, out, classes, names, no_labels, w0, sigma, force):
       minunet data convert volume.tif masks/ -o d.h5 --classes 0,50,100 --names bg,nucleus,cytoplasm
       minunet data convert ../shared/data/isbi2012/test --no-labels -o isbi-test.h5
     """
-    from minunet import data as D
+    from minunet.data import dataset as D
     if labels is None and not no_labels:
         raise UserError("LABELS missing: give the label images, or --no-labels for unlabeled data")
     if labels is not None and no_labels:
@@ -82,7 +82,7 @@ def info(file):
     Example:
       minunet data info isbi.h5
     """
-    from minunet import data as D
+    from minunet.data import dataset as D
     click.echo(D.info(file))
 
 
@@ -106,8 +106,8 @@ def synth(out, slices, size, seed, w0, sigma, force):
     """
     import numpy as np
 
-    from minunet import data as D
-    from minunet import synth as S
+    from minunet.data import dataset as D
+    from minunet.data import synth as S
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")

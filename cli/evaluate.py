@@ -1,6 +1,6 @@
 """``minunet evaluate PRED TRUTH``: score a predicted stack with the ISBI 2012 challenge's metrics.
 
-The definitions live in :mod:`minunet.metrics`; this module reads the two stacks, selects slices,
+The definitions live in :mod:`minunet.evaluation.metrics`; this module reads the two stacks, selects slices,
 prints a table and optionally writes the numbers as JSON.
 """
 import json
@@ -63,11 +63,11 @@ def _truth_spec(truth):
 
 
 def _read(spec, role):
-    """Read a stack with minunet.imageio, as (N, H, W); a missing file is a one-line UserError."""
+    """Read a stack with minunet.data.imageio, as (N, H, W); a missing file is a one-line UserError."""
     path = re.sub(r"\.(h5|hdf5|hdf):/.*$", r".\1", spec, flags=re.IGNORECASE)
     if not any(ch in path for ch in "*?[") and not Path(path).exists():
         raise UserError(f"{role} {spec}: no such file or folder")
-    from minunet.imageio import read_stack
+    from minunet.data.imageio import read_stack
 
     stack = read_stack(spec)
     if stack.ndim == 2:
@@ -211,7 +211,7 @@ def evaluate(pred, truth, slices, metrics, warping_theta, json_path):
     Example:
       minunet evaluate probs.tif isbi.h5 --slices 24-29 --json scores.json
     """
-    from minunet.metrics import evaluate_stack
+    from minunet.evaluation.metrics import evaluate_stack
 
     chosen = parse_metrics(metrics)
     indices = parse_slices(slices) if slices else None

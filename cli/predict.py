@@ -1,7 +1,7 @@
 """``minunet predict``: segment an image or a stack with a trained model (overlap-tile strategy).
 
-Reads the input with :mod:`minunet.imageio`, normalises it as training did
-(:func:`minunet.data.normalize`), predicts each slice with :func:`minunet.tiling.predict_stack`
+Reads the input with :mod:`minunet.data.imageio`, normalises it as training did
+(:func:`minunet.data.dataset.normalize`), predicts each slice with :func:`minunet.inference.tiling.predict_stack`
 and writes the result atomically (TIFF or HDF5). Every check that can fail (output path, device,
 checkpoint, tile size, input, channel count) runs before the network does, and a failure leaves no
 output file behind.
@@ -77,8 +77,8 @@ def resolve_device(device):
 
 def read_input(spec, in_channels):
     """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
-    from minunet import data
-    from minunet.imageio import read_stack
+    from minunet.data import dataset as data
+    from minunet.data.imageio import read_stack
     raw = read_stack(spec)
     if in_channels != 1:
         raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
@@ -101,10 +101,10 @@ def format_output(probs, output_format, single):
 def write_output(path, dataset, array, output_format, meta):
     """Write atomically: a TIFF, or an HDF5 file with one dataset (default named after the format)."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        from minunet.imageio import write_tiff_atomic
+        from minunet.data.imageio import write_tiff_atomic
         write_tiff_atomic(path, array, photometric="minisblack")   # never guessed as RGB
         return
-    from minunet.checkpoint import atomic_h5
+    from minunet.model.checkpoint import atomic_h5
 
     def write(f):
         ds = f.create_dataset(dataset or f"/{output_format}", data=array, compression="gzip")
@@ -188,8 +188,8 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     is read with its context, predicted, and written as one chunk of the Zarr OUTPUT; --resume
     skips finished blocks. See docs/scaling.md.
     """
-    from minunet import blockwise, tiling
-    from minunet.checkpoint import load_checkpoint, load_model
+    from minunet.inference import blockwise, tiling
+    from minunet.model.checkpoint import load_checkpoint, load_model
 
     if blockwise.wants_blockwise(input_spec, output):
         checkpoint = load_checkpoint(model_path)
@@ -244,8 +244,8 @@ def _default_format(classes):
 
 def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
                        scheduler, block, resume):
-    """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.blockwise)."""
-    from minunet import blockwise
+    """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.inference.blockwise)."""
+    from minunet.inference import blockwise
     if tta:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
     bar = click.progressbar(length=1, label="predicting blocks", file=sys.stderr, show_pos=True) \

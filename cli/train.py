@@ -1,4 +1,4 @@
-"""`minunet train`: train a U-Net on an HDF5 data file (see minunet.train for the loop)."""
+"""`minunet train`: train a U-Net on an HDF5 data file (see minunet.training.trainer for the loop)."""
 import sys
 import time
 from pathlib import Path
@@ -84,7 +84,7 @@ def train(ctx, **opts):
       minunet train --out runs/isbi --resume --minutes 60
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
     """
-    from minunet import train as T
+    from minunet.training import trainer as T
 
     quiet = opts["quiet"] or not sys.stderr.isatty()
     echo = None if opts["quiet"] else (lambda line: _echo(line))

@@ -8,7 +8,7 @@ Backends
                NumPy arrays in Numba's CUDA simulator, which is how CI checks them).
 
 Kernels know nothing of autograd: they take arrays and return arrays. The engine
-(``minunet.autograd``) and the ops (``minunet.functional``) decide what to keep for backward.
+(``minunet.engine.autograd``) and the ops (``minunet.engine.functional``) decide what to keep for backward.
 
 The contract
 ------------

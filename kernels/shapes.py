@@ -31,5 +31,5 @@ def crop_margins(skip_hw, up_hw):
     if dh % 2 or dw % 2:
         raise ValueError(
             f"crop_concat: cannot center-crop {hs}x{ws} to {hu}x{wu}: the margins ({dh}, {dw}) are odd; "
-            "choose a tile size from minunet.geometry so every level has even margins")
+            "choose a tile size from minunet.model.geometry so every level has even margins")
     return dh // 2, dw // 2

@@ -6,7 +6,6 @@ every backend (CPU; CUDA on a GPU or in Numba's simulator). Every random test dr
 printed so a failure can be replayed with ``--seed N``.
 """
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
-sys.path.insert(0, str(ROOT))          # for `benchmarks.torch_unet`, the PyTorch twin
 
 
 def pytest_addoption(parser):

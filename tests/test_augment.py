@@ -1,7 +1,7 @@
-"""minunet.augment: identity is exact, deformations are smooth and keep labels valid, seeds reproduce."""
+"""minunet.data.augment: identity is exact, deformations are smooth and keep labels valid, seeds reproduce."""
 import numpy as np
 
-from minunet import augment as A
+from minunet.data import augment as A
 
 
 def test_zero_displacement_leaves_image_unchanged(rng):

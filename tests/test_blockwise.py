@@ -7,12 +7,12 @@ import pytest
 pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
 
-from backends import fast_device                                    # noqa: E402
-from minunet import blockwise, tiling                               # noqa: E402
-from minunet.checkpoint import load_model, save_checkpoint          # noqa: E402
-from minunet.data import normalize                                  # noqa: E402
-from minunet.errors import UserError                                # noqa: E402
-from minunet.unet import UNet                                       # noqa: E402
+from minunet.data.dataset import normalize  # noqa: E402
+from minunet.errors import UserError  # noqa: E402
+from minunet.inference import blockwise, tiling  # noqa: E402
+from minunet.model.checkpoint import load_model, save_checkpoint  # noqa: E402
+from minunet.model.unet import UNet  # noqa: E402
+from tests.backends import fast_device  # noqa: E402
 
 DEVICE = fast_device()
 BLOCK = 40          # a multiple of 2^(depth-1) = 4, not of the 52 tile's 12-pixel output

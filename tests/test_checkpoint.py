@@ -3,10 +3,10 @@ import h5py
 import numpy as np
 import pytest
 
-from minunet.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
+from minunet.engine.optim import SGD
 from minunet.errors import UserError
-from minunet.optim import SGD
-from minunet.unet import UNet
+from minunet.model.checkpoint import load_checkpoint, load_model, load_weights, save_checkpoint
+from minunet.model.unet import UNet
 
 
 def test_round_trip(tmp_path, rng):
@@ -37,7 +37,7 @@ def test_failed_write_keeps_previous(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise Boom
-    monkeypatch.setattr("minunet.checkpoint.optimizer_settings", broken)
+    monkeypatch.setattr("minunet.model.checkpoint.optimizer_settings", broken)
     with pytest.raises(Boom):
         save_checkpoint(tmp_path / "c.h5", model, SGD(model.parameters()), iteration=2)
     assert load_checkpoint(tmp_path / "c.h5").iteration == 1

@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cli_runner import run
+from tests.cli_runner import run
 
 
 def pngs(folder, stack, names=None):

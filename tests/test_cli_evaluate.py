@@ -6,12 +6,12 @@ import re
 import numpy as np
 import pytest
 
-from minunet.errors import UserError
 from minunet.cli.evaluate import parse_metrics, parse_slices, select_slices
-from cli_runner import run
+from minunet.errors import UserError
+from tests.cli_runner import run
 
-needs_imageio = pytest.mark.skipif(importlib.util.find_spec("minunet.imageio") is None,
-                                   reason="minunet.imageio (read_stack) not written yet")
+needs_imageio = pytest.mark.skipif(importlib.util.find_spec("minunet.data.imageio") is None,
+                                   reason="minunet.data.imageio (read_stack) not written yet")
 
 
 def truth_stack(n=3, size=20):

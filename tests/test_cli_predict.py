@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import cpu_ready
-from minunet import tiling
-from minunet.checkpoint import load_model, save_checkpoint
-from minunet.unet import UNet
-from cli_runner import assert_one_line_error, run
+from minunet.inference import tiling
+from minunet.model.checkpoint import load_model, save_checkpoint
+from minunet.model.unet import UNet
+from tests.backends import cpu_ready
+from tests.cli_runner import assert_one_line_error, run
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 h5py = pytest.importorskip("h5py")
@@ -28,7 +28,7 @@ def model_file(tmp_path):
 
 def expected_probs(model_file, raw, tile, pad="mirror"):
     """What the library predicts for a raw stack (N, H, W): normalised as in training."""
-    from minunet import data
+    from minunet.data import dataset as data
     model, _ = load_model(model_file, "cpu")
     return tiling.predict_stack(model, data.normalize(raw), tile=tile, pad=pad)
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from minunet.checkpoint import load_checkpoint
+from minunet.model.checkpoint import load_checkpoint
 from tests.backends import fast_device
+from tests.cli_runner import run
 from tests.test_train import one_thread, write_data  # noqa: F401  (one_thread: an autouse fixture)
-from cli_runner import run
 
 TINY = ["--device", fast_device(), "--depth", "3", "--width", "4", "--tile", "92", "--val-slices", "4"]
 
@@ -74,14 +74,14 @@ def test_one_line_errors(data_file, tmp_path, capsys, make_argv, message):
 
 
 def test_tile_too_large_names_one_that_fits(data_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("minunet.tiling.memory_budget", lambda device: 64 << 20)
+    monkeypatch.setattr("minunet.inference.tiling.memory_budget", lambda device: 64 << 20)
     code, _, stderr = run(["train", "--data", str(data_file), "--out", str(tmp_path / "r"), "--iterations", "1",
                            "--depth", "3", "--width", "16", "--tile", "1500", "--device", fast_device()], capsys)
     assert code == 2 and "GiB" in stderr and "use --tile" in stderr and stderr.count("\n") == 1, stderr
 
 
 def test_cuda_without_gpu(data_file, tmp_path, capsys):
-    from minunet.train import check_device
+    from minunet.training.trainer import check_device
     if check_device("auto") == "cuda":
         pytest.skip("a GPU is usable here")
     code, _, stderr = run(["train", "--data", str(data_file), "--out", str(tmp_path / "r"), "--device", "cuda"],

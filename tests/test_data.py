@@ -1,13 +1,13 @@
-"""minunet.data: the HDF5 format, conversion from TIFF/PNG, the tile sampler and validation slices."""
+"""minunet.data.dataset: the HDF5 format, conversion from TIFF/PNG, the tile sampler and validation slices."""
 import h5py
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from minunet import data as D
+from minunet.data import dataset as D
+from minunet.data.synth import synth_stack
 from minunet.errors import UserError
-from minunet.synth import synth_stack
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_sampler_labels_follow_image_under_augmentation(tmp_path, stacks):
     """Raw = labels * 255: the deformed image's centre must show the deformed labels."""
     labels = stacks[1]
     path = D.save_arrays(tmp_path / "l.h5", labels * 255, labels)
-    from minunet.augment import AugmentConfig
+    from minunet.data.augment import AugmentConfig
     cfg = AugmentConfig(brightness=0, contrast=0, gamma=0)
     with D.TileSampler(path, None, 40, 24, augment=cfg, seed=1) as s:
         for _ in range(3):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minunet import functional as F
-from minunet.autograd import Tensor, no_grad
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor, no_grad
 
 
 def leaf(array, device="reference"):

@@ -1,8 +1,8 @@
 """Tile geometry of the valid-convolution U-Net."""
 import pytest
 
-from minunet import geometry
 from minunet.errors import UserError
+from minunet.model import geometry
 
 
 def test_paper_tile():

@@ -8,9 +8,9 @@ Shapes are drawn at random each run: odd sizes, one channel and many, batch > 1.
 import numpy as np
 import pytest
 
-from minunet import functional as F
-from minunet.autograd import Tensor
-from minunet.unet import UNet
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor
+from minunet.model.unet import UNet
 
 pytestmark = pytest.mark.gradcheck
 EPS = 1e-6
@@ -137,7 +137,7 @@ def test_softmax_cross_entropy_is_stable_at_large_logits(rng):
 @pytest.mark.parametrize("up_kernel,deep", [(2, False), (4, True)])
 def test_whole_unet(rng, up_kernel, deep):
     """The whole graph, including a loss reaching tensors by several paths (deep supervision)."""
-    from minunet import geometry
+    from minunet.model import geometry
     size = geometry.valid_sizes(1, 100, depth=3, up_kernel=up_kernel)[0]
     model = UNet(depth=3, width=2, classes=3, up_kernel=up_kernel, dropout=0.5, deep_supervision=deep,
                  device="reference", seed=int(rng.integers(1000)), dtype=np.float64)

@@ -1,11 +1,11 @@
-"""minunet.imageio: every input form gives the same stack; bad inputs give one-line UserErrors."""
+"""minunet.data.imageio: every input form gives the same stack; bad inputs give one-line UserErrors."""
 import h5py
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from minunet import imageio
+from minunet.data import imageio
 from minunet.errors import UserError
 
 

@@ -65,8 +65,8 @@ def test_cuda_kernels_in_simulator(request):
 
 @pytest.mark.skipif(MODE != "parent", reason="a GPU or the simulator is present")
 def test_cuda_without_gpu_is_a_clear_error():
-    from minunet.errors import UserError
     import minunet.kernels.cuda as kc
+    from minunet.errors import UserError
     ok, why = kc.available()
     assert not ok and why
     with pytest.raises(UserError, match=r"pip install 'minunet\[cuda\]' \(missing: "):

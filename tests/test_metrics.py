@@ -1,4 +1,4 @@
-"""Tests of minunet.metrics on hand-made cases with known answers and brute-force references."""
+"""Tests of minunet.evaluation.metrics on hand-made cases with known answers and brute-force references."""
 import itertools
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minunet import metrics as M
 from minunet.errors import UserError
+from minunet.evaluation import metrics as M
 
 
 def cells(size=20, rows=(7,), cols=(5, 11)):

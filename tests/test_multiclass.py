@@ -4,7 +4,7 @@ Data the test makes: six kinds of shapes (disc, square, triangle, ring, cross, b
 and rotated, all of one gray value, on a darker noisy background; the class of a pixel is its shape's
 kind (0 for the background). Gray values only tell shape from background: which shape a pixel
 belongs to, the network must see from the shape around it. A small network trained
-through the real :class:`minunet.train.Trainer` must reach >= 90% pixel accuracy on fresh images
+through the real :class:`minunet.training.trainer.Trainer` must reach >= 90% pixel accuracy on fresh images
 (drawn from another seed) predicted with the overlap-tile strategy and zero padding. The recipe
 and its measured accuracy are in docs/dental.md.
 
@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from backends import fast_device
-from minunet import data as D
-from minunet import metrics, tiling
-from minunet import train as T
-from minunet.checkpoint import load_model
-from cli_runner import run
+from minunet.data import dataset as D
+from minunet.evaluation import metrics
+from minunet.inference import tiling
+from minunet.model.checkpoint import load_model
+from minunet.training import trainer as T
+from tests.backends import fast_device
+from tests.cli_runner import run
 
 h5py = pytest.importorskip("h5py")
 tifffile = pytest.importorskip("tifffile")

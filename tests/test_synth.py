@@ -1,8 +1,8 @@
-"""minunet.synth: seeded, EM-like, ISBI label layout."""
+"""minunet.data.synth: seeded, EM-like, ISBI label layout."""
 import numpy as np
 from scipy import ndimage as ndi
 
-from minunet import synth
+from minunet.data import synth
 
 
 def test_seeded_and_layout():

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from backends import fast_device
-from minunet import functional as F
-from minunet import geometry, tiling
-from minunet.autograd import Tensor, no_grad
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor, no_grad
 from minunet.errors import UserError
-from minunet.unet import UNet
+from minunet.inference import tiling
+from minunet.model import geometry
+from minunet.model.unet import UNet
+from tests.backends import fast_device
 
 
 def small_unet(depth=3, width=4, **kw):

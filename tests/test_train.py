@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minunet import train as T
-from minunet.checkpoint import load_checkpoint, load_model
 from minunet.errors import UserError
+from minunet.model.checkpoint import load_checkpoint, load_model
+from minunet.training import trainer as T
 from tests.backends import fast_device
 
 DEVICE = fast_device()
@@ -78,7 +78,7 @@ def params(model):
 
 @pytest.mark.parametrize("up_kernel", [2, 4])
 def test_coarse_positions_are_centred_blocks(up_kernel):
-    from minunet.geometry import check_tile
+    from minunet.model.geometry import check_tile
     geo = check_tile(188, depth=4, up_kernel=up_kernel)
     out = geo.output_size
     for i, size in enumerate(geo.decoder_sizes[:-1]):
@@ -250,7 +250,7 @@ def test_bad_inputs(data_file, tmp_path):
 
 
 def test_tile_too_large_for_memory(data_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("minunet.tiling.memory_budget", lambda device: 2 ** 20)
+    monkeypatch.setattr("minunet.inference.tiling.memory_budget", lambda device: 2 ** 20)
     with pytest.raises(UserError, match=r"--tile 92 .* GiB.*--width|--tile 92 .* GiB.*use --tile"):
         T.Trainer(config(data_file, tmp_path, tile=92))
 

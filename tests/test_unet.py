@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from minunet import functional as F
+from minunet.engine import functional as F
 from minunet.errors import UserError
-from minunet.unet import UNet
+from minunet.model.unet import UNet
 from tests.backends import fast_device
 
 
@@ -27,7 +27,7 @@ def test_he_init_statistics():
 
 def test_eval_mode_disables_dropout(rng):
     model = UNet(depth=2, width=2, device="reference", dtype=np.float64, seed=1)
-    from minunet.autograd import Tensor
+    from minunet.engine.autograd import Tensor
     x = Tensor(rng.standard_normal((1, 1, 28, 28)), device="reference")
     model.eval()
     a, b = model(x).data, model(x).data
@@ -70,8 +70,8 @@ def _rel(a, b):
 
 
 def _run_both(torch, width, tile, dtype, device, rng, depth, up_kernel, batch=2):
-    from benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
-    from minunet.autograd import Tensor
+    from minunet.benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
+    from minunet.engine.autograd import Tensor
     from minunet.kernels.reference import dropout_keep_mask
 
     model = UNet(depth=depth, width=width, up_kernel=up_kernel, device=device, dtype=dtype,

@@ -1,11 +1,11 @@
-"""minunet.weights: the fast weight map equals the brute-force definition."""
+"""minunet.data.weights: the fast weight map equals the brute-force definition."""
 import math
 
 import numpy as np
 import pytest
 
-from minunet import weights as W
-from minunet.synth import synth_slice
+from minunet.data import weights as W
+from minunet.data.synth import synth_slice
 
 
 def random_cells(rng, size=24, n=6):

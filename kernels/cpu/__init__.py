@@ -23,8 +23,15 @@ import numba
 import numpy as np
 
 from .conv import conv2d_backward, conv2d_forward
-from .elementwise import (add, crop_concat_backward, crop_concat_forward, dropout_backward, dropout_forward,
-                          relu_backward, relu_forward)
+from .elementwise import (
+    add,
+    crop_concat_backward,
+    crop_concat_forward,
+    dropout_backward,
+    dropout_forward,
+    relu_backward,
+    relu_forward,
+)
 from .loss import softmax, softmax_cross_entropy
 from .optim import adam_step, sgd_step
 from .pool import max_pool2d_backward, max_pool2d_forward

@@ -5,7 +5,6 @@ from numba import njit, prange
 from ..shapes import crop_margins
 from . import buffers
 
-
 # ----------------------------------------------------------------------------- ReLU
 
 @njit(parallel=True, cache=True)

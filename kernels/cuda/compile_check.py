@@ -24,8 +24,10 @@ def main(argv=None):
     parser.add_argument("--cc", default="9.0", help="compute capability to compile for")
     cc = tuple(int(v) for v in parser.parse_args(argv).cc.split("."))
     import numba.cuda.dispatcher as dispatcher
-    from . import arrays, conv, elementwise, loss, optim, pool, upconv
+
     import minunet.kernels.cuda as kc
+
+    from . import arrays, conv, elementwise, loss, optim, pool, upconv
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)   # device functions
     arrays.available = lambda: (True, "compile check")
     arrays.array_module = lambda: np

@@ -5,9 +5,9 @@ grid-stride loop bounded by the element count, so consecutive threads touch cons
 """
 import numpy as np
 
+from ..shapes import crop_margins
 from . import arrays
 from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
-from ..shapes import crop_margins
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)     # the same constants as reference.dropout_uniform
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

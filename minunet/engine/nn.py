@@ -6,8 +6,8 @@ them), which fixes the order of checkpoints and of the optimiser's state.
 """
 import numpy as np
 
-from minunet import functional as F
-from minunet.autograd import Tensor
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor
 from minunet.kernels import get_backend
 
 

@@ -141,7 +141,7 @@ def load_weights(model, checkpoint, path="checkpoint"):
 
 def load_model(path, device="cpu"):
     """The UNet stored in a checkpoint, on ``device``, in eval mode; also returns the Checkpoint."""
-    from minunet.unet import UNet
+    from minunet.model.unet import UNet
     checkpoint = load_checkpoint(path)
     model = UNet(device=device, **checkpoint.model)
     load_weights(model, checkpoint, path)

@@ -14,9 +14,9 @@ a 1x1 convolution to the classes after each expanding level but the last).
 """
 import numpy as np
 
-from minunet import functional as F
-from minunet import geometry
-from minunet.nn import Conv2d, ConvTranspose2d, Module
+from minunet.engine import functional as F
+from minunet.engine.nn import Conv2d, ConvTranspose2d, Module
+from minunet.model import geometry
 
 
 class UNet(Module):

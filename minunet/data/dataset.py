@@ -4,7 +4,7 @@ File layout (``docs/data-format.md``; ``FORMAT_VERSION`` 1)::
 
     /raw      (N, H, W)  uint8 | uint16 | float32   the images
     /labels   (N, H, W)  uint8                      class ids 0..n_classes-1   (absent: --no-labels)
-    /weights  (N, H, W)  float32                    border weight maps (minunet.weights)
+    /weights  (N, H, W)  float32                    border weight maps (minunet.data.weights)
     attrs: format_version, n_classes, class_names, class_values, class_weights, w0, sigma,
            source_images, source_labels, created_by
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet import augment as aug
-from minunet import imageio
+from minunet.data import augment as aug
+from minunet.data import imageio
 from minunet.errors import UserError
 
 FORMAT_VERSION = 1
@@ -375,16 +375,17 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
             progress=_identity):
     """Convert image (and label) stacks into a minunet HDF5 data file, atomically.
 
-    ``images``/``labels``: any :mod:`minunet.imageio` spec; ``labels=None`` for unlabeled data.
+    ``images``/``labels``: any :mod:`minunet.data.imageio` spec; ``labels=None`` for unlabeled data.
     Folders/globs are paired by file stem; single stacks by position. ``classes``: None (binary
     0/255 or 0/1 default), a ``--classes`` string or a {value: class} dict. Class weights w_c are
-    balanced over the whole dataset; weight maps use ``w0``, ``sigma`` (:mod:`minunet.weights`).
+    balanced over the whole dataset; weight maps use ``w0``, ``sigma`` (:mod:`minunet.data.weights`).
     ``progress(iterable, label, length)`` wraps long loops (the CLI passes a progress bar).
     The file is written under a temporary name and renamed at the end: on any error nothing is
     left behind. Returns the output Path.
     """
     import h5py
-    from minunet import weights as wm
+
+    from minunet.data import weights as wm
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")
@@ -453,7 +454,8 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
     Used by ``data synth`` and tests; weights are computed as in :func:`convert`.
     """
     import h5py
-    from minunet import weights as wm
+
+    from minunet.data import weights as wm
     out = Path(out)
     raw = np.asarray(raw)
     dtype = _raw_dtype(raw, out)
@@ -512,9 +514,9 @@ class TileSampler:
 
     - ``slices``: indices to draw from (list, or a string for :func:`parse_slices`, None = all).
     - ``in_size``/``out_size``: the network's input and output tile (the margin
-      ``(in_size - out_size) / 2`` is context); the caller computes them (minunet.geometry).
+      ``(in_size - out_size) / 2`` is context); the caller computes them (minunet.model.geometry).
     - ``augment``: True (paper defaults), False (plain crops) or an
-      :class:`minunet.augment.AugmentConfig`.
+      :class:`minunet.data.augment.AugmentConfig`.
     - ``pad``: ``"mirror"`` or ``"zero"``: what the input tile sees beyond the slice border.
     - ``workers``: background processes that prepare the next samples while the caller trains
       (0: samples are made on demand). Results are identical either way.

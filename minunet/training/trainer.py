@@ -1,8 +1,8 @@
 """Training: the paper's recipe, a run directory, safe checkpoints and exact resume.
 
 The recipe of Ronneberger et al. (2015): a batch of one large tile, SGD with momentum 0.99 (or
-Adam), He initialisation and dropout (both in :class:`minunet.unet.UNet`), elastic augmentation
-and the border weight maps of the data file (both in :class:`minunet.data.TileSampler`), and the
+Adam), He initialisation and dropout (both in :class:`minunet.model.unet.UNet`), elastic augmentation
+and the border weight maps of the data file (both in :class:`minunet.data.dataset.TileSampler`), and the
 weighted softmax cross-entropy. With deep supervision (the paper's dental network) each coarse
 expanding level adds its own weighted loss.
 
@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from minunet import __version__
-from minunet import functional as F
-from minunet.autograd import Tensor, no_grad
-from minunet.checkpoint import (generator_state, load_checkpoint, load_weights, restore_generator,
-                                save_checkpoint)
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor, no_grad
+from minunet.engine.optim import SGD, Adam
 from minunet.errors import UserError
-from minunet.optim import SGD, Adam
-from minunet.unet import UNet
+from minunet.model.checkpoint import generator_state, load_checkpoint, load_weights, restore_generator, save_checkpoint
+from minunet.model.unet import UNet
 
 IGNORE = 255                        # label of pixels that carry no loss
 METRIC_COLUMNS = ("iteration", "elapsed_s", "train_loss", "val_pixel_error", "val_rand_error")
@@ -181,21 +180,21 @@ def versions():
 def training_memory(geometry, width, classes, n_params, batch=1, up_kernel=2, in_channels=1):
     """A rough upper estimate (bytes) of the memory one float32 training step needs.
 
-    Every activation of the forward pass (:func:`minunet.tiling.activation_bytes`: the graph keeps
+    Every activation of the forward pass (:func:`minunet.inference.tiling.activation_bytes`: the graph keeps
     them for backward), half as much again for the gradients alive during backward, and the
     parameters four times (weights, gradients, two optimiser buffers).
     """
-    from minunet.tiling import activation_bytes
+    from minunet.inference.tiling import activation_bytes
     return int(1.5 * activation_bytes(geometry, width, in_channels, classes, up_kernel, batch) + 16 * n_params)
 
 
 def check_memory(config, geometry, model):
     """UserError if a training step at this tile size will not fit in memory; names a tile that fits.
 
-    The budget is :func:`minunet.tiling.memory_budget` (half the free host memory, 70% of a GPU's).
+    The budget is :func:`minunet.inference.tiling.memory_budget` (half the free host memory, 70% of a GPU's).
     """
-    from minunet import geometry as geo
-    from minunet.tiling import memory_budget
+    from minunet.inference.tiling import memory_budget
+    from minunet.model import geometry as geo
     budget = memory_budget(config.device)
     n_params = model.num_parameters()
 
@@ -283,7 +282,7 @@ class Trainer:
         resume: continue from ``config.out/checkpoint.h5``.
         echo: called with each log line (besides train.log); None prints nothing.
         sampler: a training-tile sampler (``batch(n)``, ``state()``, ``set_state()``) to use
-            instead of :class:`minunet.data.TileSampler` (tests).
+            instead of :class:`minunet.data.dataset.TileSampler` (tests).
     """
 
     def __init__(self, config, resume=False, echo=None, sampler=None):
@@ -303,7 +302,7 @@ class Trainer:
             raise UserError(f"--val-every {config.val_every}: must be at least 1")
         self.config = config
 
-        from minunet import data
+        from minunet.data import dataset as data
         self.data_info = self._open_data(data, config)
         self.geometry = _geometry(config)
 
@@ -383,7 +382,7 @@ class Trainer:
                             f"choose fewer --val-slices")
         self.train_slices, self.val_slices = train, val
         if config.tile is None:
-            from minunet import geometry as geo
+            from minunet.model import geometry as geo
             config.tile = geo.nearest_valid(572, config.depth, config.up_kernel)[0]
         return info
 
@@ -536,14 +535,15 @@ class Trainer:
     def validation_data(self):
         """The held-out slices, normalised images (N, H, W) and labels (N, H, W)."""
         if self._val_data is None:
-            from minunet import data
+            from minunet.data import dataset as data
             raw, labels = _slices(data, self.config.data, self.val_slices)
             self._val_data = (data.normalize(raw), labels)
         return self._val_data
 
     def validate(self):
         """Pixel and Rand error on the validation slices (overlap-tile prediction, ISBI definitions)."""
-        from minunet import metrics, tiling
+        from minunet.evaluation import metrics
+        from minunet.inference import tiling
         images, labels = self.validation_data()
         tile = tiling.fit_tile(self.model, self.config.tile, *np.shape(images)[-2:])
         self.model.eval()
@@ -688,7 +688,7 @@ def plot_curves(metrics_path, png_path):
 # ----------------------------------------------------------------------------- internals
 
 def _geometry(config):
-    from minunet import geometry as geo
+    from minunet.model import geometry as geo
     try:
         return geo.check_tile(config.tile, config.depth, config.up_kernel)
     except UserError as err:

@@ -32,11 +32,11 @@ import os
 
 import numpy as np
 
-from minunet import functional as F
-from minunet import geometry
-from minunet.autograd import Tensor, no_grad
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor, no_grad
 from minunet.errors import UserError
 from minunet.kernels import get_backend
+from minunet.model import geometry
 
 PADS = ("mirror", "zero")
 SAFETY = 1.5             # the memory estimate's head-room for kernel workspaces and fragmentation

@@ -4,7 +4,7 @@ Each op calls its backend's forward kernel, saves only what its backward kernel 
 pooling argmax, the dropout seed, the ReLU-fused output, never a copy of an input) and returns
 one gradient per tensor input. The functions at the bottom are the public, tensor-level API.
 """
-from minunet.autograd import Function, Tensor
+from minunet.engine.autograd import Function, Tensor
 
 
 class Conv2d(Function):

@@ -5,21 +5,21 @@ dataset (``file.h5:/raw``) is cut into square *blocks* of ``block`` x ``block`` 
 Each block is one Dask task, independent of all others (no data moves between workers):
 
 1. read the block plus its *halo* lazily as a ``dask.array`` slice of the input store: ``margin``
-   = (input tile - output tile) / 2 pixels on top and left (:attr:`minunet.geometry.Geometry.margin`),
-   and on bottom and right whatever the block's last tiles reach (:func:`minunet.tiling.context_size`).
+   = (input tile - output tile) / 2 pixels on top and left (:attr:`minunet.model.geometry.Geometry.margin`),
+   and on bottom and right whatever the block's last tiles reach (:func:`minunet.inference.tiling.context_size`).
    Inside the volume the halo is real neighbouring data; beyond the volume's border it is mirrored
-   with :func:`minunet.tiling.mirror_index` in *volume* coordinates (NumPy "reflect", the border
+   with :func:`minunet.inference.tiling.mirror_index` in *volume* coordinates (NumPy "reflect", the border
    pixel not repeated, as in-memory prediction does; Dask's ``boundary="reflect"`` repeats it, so
    ``map_overlap`` is not used) or zero (``pad="zero"``);
-2. normalise it as training did (:func:`minunet.data.normalize`) and predict it with the
-   overlap-tile core :func:`minunet.tiling.predict_valid`;
+2. normalise it as training did (:func:`minunet.data.dataset.normalize`) and predict it with the
+   overlap-tile core :func:`minunet.inference.tiling.predict_valid`;
 3. write it into a chunked Zarr array whose chunks are the blocks, then an empty marker file
    ``OUTPUT/.minunet-done/<z>.<y>.<x>``: ``resume=True`` skips the blocks with a marker, so a killed
    job loses only the blocks in flight (a block whose data was written but not its marker is redone).
 
 Blocks start at multiples of ``block``, itself a multiple of 2^(depth-1), so every tile's pooling
 windows line up with those of the in-memory prediction and the result equals
-:func:`minunet.tiling.predict_stack` on the whole volume to float32 rounding
+:func:`minunet.inference.tiling.predict_stack` on the whole volume to float32 rounding
 (``tests/test_blockwise.py``). Memory is bounded by the block, not the volume: one block's input,
 context and probabilities per worker thread, plus one forward pass's activations per process
 (forward passes take a per-process lock: the kernels already use every core, and Numba's workqueue
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet import tiling
 from minunet.errors import UserError
+from minunet.inference import tiling
 
 FORMATS = ("foreground", "labels", "probs")
 DONE_DIR = ".minunet-done"          # completion markers, one empty file per finished block
@@ -203,7 +203,7 @@ class Job:
 
 def cached_model(path, device):
     """The model of a checkpoint, loaded once per process (and again only if the file changes)."""
-    from minunet.checkpoint import load_model
+    from minunet.model.checkpoint import load_model
     key = (os.path.abspath(path), os.stat(path).st_mtime_ns if os.path.isfile(path) else None, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
@@ -225,7 +225,7 @@ def read_context(volume, z, y0, x0, size, margin, pad):
     The context covers volume rows y0 - margin .. y0 - margin + size[0] (columns likewise); only
     the rows and columns it needs are read, then mirrored (or zeroed) beyond the volume's border.
     """
-    from minunet.data import normalize
+    from minunet.data.dataset import normalize
     height, width = volume.shape[-2:]
     rows, row_in = _axis(y0 - margin, size[0], height, pad)
     cols, col_in = _axis(x0 - margin, size[1], width, pad)
@@ -301,7 +301,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     Args:
         model_path: a minunet checkpoint (.h5).
         input_spec: ``vol.zarr``, ``vol.zarr:/array`` (an array in a group) or ``vol.h5:/raw``;
-            (H, W) or (Z, H, W), one grayscale channel, any dtype :func:`minunet.data.normalize` takes.
+            (H, W) or (Z, H, W), one grayscale channel, any dtype :func:`minunet.data.dataset.normalize` takes.
         output_path: the Zarr array to write: (Z, H, W) float32 foreground probabilities, uint8
             labels, or (Z, K, H, W) float32 probs (no Z for an image); chunks are the blocks.
         block: block side in pixels, a multiple of 2^(depth-1) (16 for the paper's network).
@@ -321,7 +321,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     Returns:
         dict with blocks (total), computed, skipped, tile, shape, output and seconds.
     """
-    from minunet import geometry
+    from minunet.model import geometry
     if output_format not in FORMATS:
         raise UserError(f"--output-format {output_format}: use one of {', '.join(FORMATS)}")
     if pad not in tiling.PADS:
