@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+from minunet.data.isbi import isbi_dir
+
+ISBI = isbi_dir()
 
 
 def _median_time(fn, repeat):

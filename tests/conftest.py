@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minunet.data.isbi import ENV as ISBI_ENV
+from minunet.data.isbi import isbi_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
+ISBI = isbi_dir()
 
 
 def pytest_addoption(parser):
@@ -54,5 +57,5 @@ def rng(seed):
 def isbi_dir():
     """The ISBI 2012 PNG slices beside the repository; skips when they are absent."""
     if not (ISBI / "train" / "image").is_dir():
-        pytest.skip(f"ISBI 2012 data not found at {ISBI}")
+        pytest.skip(f"ISBI 2012 data not found at {ISBI} (set {ISBI_ENV} to its folder)")
     return ISBI

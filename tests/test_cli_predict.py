@@ -1,18 +1,18 @@
 """Tests of ``minunet predict``: images in, probabilities / labels out, one-line errors and no file left."""
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from minunet.data.isbi import isbi_dir
 from minunet.inference import tiling
 from minunet.model.checkpoint import load_model, save_checkpoint
 from minunet.model.unet import UNet
 from tests.backends import cpu_ready
 from tests.cli_runner import assert_one_line_error, run
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+ISBI = isbi_dir()
 h5py = pytest.importorskip("h5py")
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.skipif(not cpu_ready(), reason="the Numba CPU backend (--device cpu) is not ready")
