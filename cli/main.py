@@ -10,6 +10,7 @@ import sys
 import click
 
 from minunet.errors import UserError
+from minunet.kernels import BackendUnavailable
 
 # name -> (module, attribute, one-line help shown by `minunet --help`)
 SUBCOMMANDS = {
@@ -57,7 +58,7 @@ def main(argv=None):
     """Run the command line; user errors print one line and exit with status 2."""
     try:
         cli.main(args=argv, prog_name="minunet", standalone_mode=False)
-    except UserError as err:
+    except (UserError, BackendUnavailable) as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

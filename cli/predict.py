@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from minunet.engine.devices import resolve_device
 from minunet.errors import UserError
 
 FORMATS = ("foreground", "labels", "probs")
@@ -55,24 +56,6 @@ def check_not_input(path, input_spec):
     source = Path(re.sub(r"\.(h5|hdf5|hdf):/.*$", r".\1", input_spec, flags=re.IGNORECASE))
     if path.exists() and source.is_file() and source.resolve() == path.resolve():
         raise UserError(f"-o {path}: is the input file; write the prediction to another file")
-
-
-def resolve_device(device):
-    """"auto" is cuda when a GPU is usable (never the slow CUDA simulator), else cpu;
-    an explicit but unusable cuda is a UserError."""
-    if device == "cpu":
-        return device
-    try:
-        from minunet.kernels import cuda
-        usable, what = cuda.available()
-    except Exception as err:                  # a broken CUDA install must not break the CPU path
-        usable, what = False, str(err)
-    if device == "auto":
-        return "cuda" if usable and "simulator" not in what.lower() else "cpu"
-    if not usable:
-        raise UserError(f"--device cuda: no usable GPU here (missing: {what}); use --device cpu, "
-                        "or pip install 'minunet[cuda]' on a machine with an NVIDIA GPU")
-    return device
 
 
 def read_input(spec, in_channels):

@@ -84,6 +84,7 @@ def train(ctx, **opts):
       minunet train --out runs/isbi --resume --minutes 60
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
     """
+    from minunet.engine.devices import resolve_device
     from minunet.training import trainer as T
 
     quiet = opts["quiet"] or not sys.stderr.isatty()
@@ -97,12 +98,12 @@ def train(ctx, **opts):
             raise UserError("--resume needs --out RUN_DIR (the run directory to continue)")
         overrides = {k: v for k, v in settings.items() if k in given}
         if "device" in overrides:
-            overrides["device"] = T.check_device(overrides["device"])
+            overrides["device"] = resolve_device(overrides["device"])
         config = T.resume_config(opts["out"], **overrides)
     else:
         if not opts["data"]:
             raise UserError("--data FILE.h5 is required (make one with `minunet data synth -o demo.h5`)")
-        device = T.check_device(opts["device"])
+        device = resolve_device(opts["device"])
         on_gpu = device == "cuda"
         if opts["width"] is None:
             settings["width"] = GPU_WIDTH if on_gpu else CPU_WIDTH

@@ -79,6 +79,20 @@ import importlib
 
 BACKENDS = ("reference", "cpu", "cuda")
 
+# The contract's names: every backend module exposes each of them (tests/test_kernels.py checks).
+ARRAY_NAMES = ("name", "xp", "asarray", "to_numpy")
+OPS = (
+    "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
+    "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
+    "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
+    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add",
+)
+CONTRACT = ARRAY_NAMES + OPS
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here (no GPU, a missing package); the message says what to install."""
+
 
 def get_backend(name):
     """The kernel module for a backend name ("reference", "cpu" or "cuda")."""

@@ -6,6 +6,7 @@ compares analytic gradients with finite differences. See ``minunet.kernels`` for
 """
 import numpy as np
 
+from . import dropout_hash
 from .shapes import conv2d_output_hw, conv_transpose2d_output_hw, crop_margins
 
 name = "reference"
@@ -157,24 +158,14 @@ def relu_backward(gy, y):
     return gy * (y > 0)
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
 def dropout_uniform(seed, index):
     """A uniform number in [0, 1) for each flat index, a pure function of (seed, index).
 
-    SplitMix64 of ``seed * golden + index``; the top 24 bits become the number. Every backend
-    implements this same function, so masks agree across backends and backward can recompute
-    the mask from the seed instead of storing it.
+    The hash every backend shares (:mod:`minunet.kernels.dropout_hash`), so masks agree across
+    backends and backward can recompute the mask from the seed instead of storing it.
     """
     with np.errstate(over="ignore"):
-        z = np.uint64(seed) * _GOLDEN + index.astype(np.uint64)
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
+        return dropout_hash.dropout_uniform(seed, index.astype(np.uint64))
 
 
 def dropout_keep_mask(shape, p, seed):

@@ -81,8 +81,8 @@ def test_tile_too_large_names_one_that_fits(data_file, tmp_path, capsys, monkeyp
 
 
 def test_cuda_without_gpu(data_file, tmp_path, capsys):
-    from minunet.training.trainer import check_device
-    if check_device("auto") == "cuda":
+    from minunet.engine.devices import resolve_device
+    if resolve_device("auto") == "cuda":
         pytest.skip("a GPU is usable here")
     code, _, stderr = run(["train", "--data", str(data_file), "--out", str(tmp_path / "r"), "--device", "cuda"],
                           capsys)

@@ -66,10 +66,10 @@ def test_cuda_kernels_in_simulator(request):
 @pytest.mark.skipif(MODE != "parent", reason="a GPU or the simulator is present")
 def test_cuda_without_gpu_is_a_clear_error():
     import minunet.kernels.cuda as kc
-    from minunet.errors import UserError
+    from minunet.kernels import BackendUnavailable
     ok, why = kc.available()
     assert not ok and why
-    with pytest.raises(UserError, match=r"pip install 'minunet\[cuda\]' \(missing: "):
+    with pytest.raises(BackendUnavailable, match=r"pip install 'minunet\[cuda\]' \(missing: "):
         kc.conv2d_forward(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3)), None)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from minunet.engine.devices import resolve_device
 from minunet.errors import UserError
 from minunet.model.checkpoint import load_checkpoint, load_model
 from minunet.training import trainer as T
@@ -264,5 +265,5 @@ def test_cuda_without_a_gpu():
     if ok:
         pytest.skip("a GPU is usable here")
     with pytest.raises(UserError, match="--device cuda"):
-        T.check_device("cuda")
-    assert T.check_device("auto") == "cpu"
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"

@@ -22,6 +22,7 @@ import os
 import numba
 import numpy as np
 
+from .. import CONTRACT
 from .conv import conv2d_backward, conv2d_forward
 from .elementwise import (
     add,
@@ -86,10 +87,4 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-__all__ = [
-    "name", "xp", "asarray", "to_numpy",
-    "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
-    "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
-    "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
-    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add",
-]
+__all__ = list(CONTRACT)

@@ -2,6 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
+from .. import dropout_hash
 from ..shapes import crop_margins
 from . import buffers
 
@@ -60,14 +61,8 @@ def add(a, b):
 
 # ----------------------------------------------------------------------------- dropout
 
-@njit(cache=True, inline="always")
-def dropout_uniform(seed, index):
-    """SplitMix64 of seed * golden + index, top 24 bits -> [0, 1): reference.dropout_uniform, bit for bit."""
-    z = seed * np.uint64(0x9E3779B97F4A7C15) + index          # uint64 arithmetic wraps mod 2**64
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(40)) * (1.0 / (1 << 24))
+# The contract's hash (reference.dropout_uniform bit for bit), compiled from its one source.
+dropout_uniform = njit(cache=True, inline="always")(dropout_hash.dropout_uniform)
 
 
 @njit(parallel=True, cache=True)

@@ -4,7 +4,7 @@ On a GPU the arrays are CuPy arrays and the kernels (``numba.cuda.jit``) run on 
 through ``__cuda_array_interface__``. With ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is
 imported) the same kernels run in Numba's CUDA simulator on NumPy arrays: that is how CI checks
 them without a GPU. Without either, importing this module still works; :func:`available` says
-what is missing and every kernel raises a one-line :class:`minunet.errors.UserError`.
+what is missing and every kernel raises :class:`minunet.kernels.BackendUnavailable`, one line saying what to install.
 
     arrays.py       availability, CuPy/NumPy arrays, launches on CuPy's stream
     conv.py         tiled implicit-GEMM convolution, weight-gradient and bias-gradient kernels
@@ -14,17 +14,12 @@ what is missing and every kernel raises a one-line :class:`minunet.errors.UserEr
     loss.py         fused weighted softmax cross-entropy, softmax
     optim.py        SGD with momentum, Adam
 """
+from .. import CONTRACT, OPS
 from .arrays import array_module, asarray, available, cuda, synchronize, to_numpy
 
 name = "cuda"
 
-__all__ = [
-    "name", "xp", "asarray", "to_numpy", "available", "synchronize",
-    "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
-    "conv_transpose2d_forward", "conv_transpose2d_backward", "crop_concat_forward", "crop_concat_backward",
-    "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
-    "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add",
-]
+__all__ = [*CONTRACT, "available", "synchronize"]
 
 if cuda is not None:
     from .conv import conv2d_backward, conv2d_forward
@@ -51,7 +46,7 @@ else:                                   # no numba-cuda: every kernel explains w
         kernel.__doc__ = f"{op}: needs numba-cuda (pip install 'minunet[cuda]')."
         return kernel
 
-    for _op in __all__[6:]:
+    for _op in OPS:
         globals()[_op] = _missing(_op)
 
 

@@ -4,14 +4,14 @@ On a GPU the backend's arrays are CuPy arrays: CuPy owns the memory (its pool) a
 read and write them in place through ``__cuda_array_interface__`` (zero copy), launched on CuPy's
 current stream. Under ``NUMBA_ENABLE_CUDASIM=1`` the arrays are NumPy arrays and the very same
 kernels run in Numba's CUDA simulator (one Python thread per CUDA thread), which is how CI checks
-them without a GPU. Without either, every kernel raises a one-line :class:`UserError`.
+them without a GPU. Without either, every kernel raises :class:`minunet.kernels.BackendUnavailable`.
 """
 import functools
 import os
 
 import numpy as np
 
-from minunet.errors import UserError
+from .. import BackendUnavailable
 
 try:
     from numba import cuda
@@ -51,10 +51,10 @@ def available():
 
 
 def require():
-    """Raise the install hint as a UserError unless kernels can run here."""
+    """Raise BackendUnavailable with the install hint unless kernels can run here."""
     ok, why = available()
     if not ok:
-        raise UserError(f"{INSTALL_HINT} (missing: {why})")
+        raise BackendUnavailable(f"{INSTALL_HINT} (missing: {why})")
 
 
 def array_module():

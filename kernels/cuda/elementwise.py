@@ -5,25 +5,13 @@ grid-stride loop bounded by the element count, so consecutive threads touch cons
 """
 import numpy as np
 
+from .. import dropout_hash
 from ..shapes import crop_margins
 from . import arrays
 from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)     # the same constants as reference.dropout_uniform
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S27, _S30, _S31, _S40 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(40)
-_INV_2_24 = 1.0 / (1 << 24)
-
-
-@cuda.jit(device=True)
-def dropout_uniform(seed, index):
-    """SplitMix64 of seed * golden + index, top 24 bits as a float64 in [0, 1) (all in uint64)."""
-    z = seed * _GOLDEN + np.uint64(index)
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    z = z ^ (z >> _S31)
-    return np.float64(z >> _S40) * _INV_2_24
+# The contract's hash (reference.dropout_uniform bit for bit), compiled from its one source.
+dropout_uniform = cuda.jit(device=True)(dropout_hash.dropout_uniform)
 
 
 @cuda.jit

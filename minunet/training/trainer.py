@@ -38,6 +38,7 @@ import numpy as np
 from minunet import __version__
 from minunet.engine import functional as F
 from minunet.engine.autograd import Tensor, no_grad
+from minunet.engine.devices import resolve_device, to_device
 from minunet.engine.optim import SGD, Adam
 from minunet.errors import UserError
 from minunet.model.checkpoint import generator_state, load_checkpoint, load_weights, restore_generator, save_checkpoint
@@ -209,24 +210,6 @@ def check_memory(config, geometry, model):
                     f"per training step but only {budget / 2**30:.1f} GiB can be used on {config.device}; {hint}")
 
 
-def check_device(device):
-    """The device name to use: "auto" picks CUDA when a GPU is there; UserError if one is missing."""
-    if device in ("cpu", "reference"):
-        return device
-    try:
-        from minunet.kernels import cuda
-        ok, reason = cuda.available()
-    except (ImportError, AttributeError) as err:
-        ok, reason = False, f"the CUDA backend cannot be loaded ({err})"
-    if device == "auto":
-        return "cuda" if ok else "cpu"
-    if device == "cuda" and not ok:
-        raise UserError(f"--device cuda: no usable GPU ({reason}); use --device cpu")
-    if device != "cuda":
-        raise UserError(f"--device {device}: unknown device; use auto, cpu or cuda")
-    return device
-
-
 def _finite_params(model):
     return all(np.isfinite(p.numpy()).all() for p in model.parameters())
 
@@ -289,7 +272,7 @@ class Trainer:
         self.echo = echo
         self.out = Path(config.out)
         config = self._prepare_directory(config, resume)
-        config.device = check_device(config.device)
+        config.device = resolve_device(config.device)
         if config.iterations is None and config.minutes is None:
             raise UserError("give a budget: --iterations N or --minutes M")
         if config.optimizer not in DEFAULT_LR:
@@ -495,14 +478,14 @@ class Trainer:
     def loss(self, image, labels, weights):
         """The training loss tensor for a batch: weighted softmax CE (plus weighted aux losses)."""
         device = self.config.device
-        x = Tensor(_to_device(image, device), device=device)
+        x = Tensor(to_device(image, device), device=device)
         out = self.model(x)
         logits, aux = (out if self.config.deep_supervision else (out, []))
-        total = F.softmax_cross_entropy(logits, _to_device(labels, device), _to_device(weights, device),
+        total = F.softmax_cross_entropy(logits, to_device(labels, device), to_device(weights, device),
                                         ignore=IGNORE)
         for (idx, w), aux_logits in zip(self.aux, aux):
             lab, wgt = coarse_targets(labels, weights, idx)
-            term = F.softmax_cross_entropy(aux_logits, _to_device(lab, device), _to_device(wgt, device),
+            term = F.softmax_cross_entropy(aux_logits, to_device(lab, device), to_device(wgt, device),
                                            ignore=IGNORE)
             total = F.add(total, F.scale(term, w))
         return total
@@ -693,11 +676,6 @@ def _geometry(config):
         return geo.check_tile(config.tile, config.depth, config.up_kernel)
     except UserError as err:
         raise UserError(f"--tile: {err}") from None
-
-
-def _to_device(array, device):
-    from minunet.kernels import get_backend
-    return get_backend(device).asarray(np.ascontiguousarray(array))
 
 
 def _fmt(value):
