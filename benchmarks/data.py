@@ -41,8 +41,9 @@ def _median_time(fn, repeat):
 
 def run(repeat=5, isbi=ISBI, step_ms=200.0, loop_samples=20, workers=1):
     """Run the data benchmarks; returns a list of records (dicts) for tables and JSON."""
-    from minunet.data import dataset as data
     from minunet.data import synth, weights
+    from minunet.data.convert import save_arrays
+    from minunet.data.sampler import TileSampler
     records = []
     label_png = Path(isbi) / "train" / "label" / "0.png"
     if label_png.is_file():
@@ -59,12 +60,12 @@ def run(repeat=5, isbi=ISBI, step_ms=200.0, loop_samples=20, workers=1):
     records.append(dict(name="synthetic slice 512x512", value=t, cpu=c, unit="s", target=1.0, source="synth"))
     with tempfile.TemporaryDirectory() as tmp:
         raw, lab = synth.synth_stack(4, 512, seed=0)
-        path = data.save_arrays(Path(tmp) / "bench.h5", raw, lab)
-        with data.TileSampler(path, None, 572, 388, seed=0) as sampler:
+        path = save_arrays(Path(tmp) / "bench.h5", raw, lab)
+        with TileSampler(path, None, 572, 388, seed=0) as sampler:
             t, c = _median_time(sampler.sample, max(repeat, 10))
         records.append(dict(name="augmented sample 572->388", value=t * 1e3, cpu=c * 1e3, unit="ms", target=50.0,
                             source="synthetic HDF5"))
-        with data.TileSampler(path, None, 572, 388, seed=0, workers=workers) as sampler:
+        with TileSampler(path, None, 572, 388, seed=0, workers=workers) as sampler:
             sampler.sample()                       # start the worker (spawn), not counted
             sampler.wait_s = 0.0
             for _ in range(loop_samples):

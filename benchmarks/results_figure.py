@@ -21,7 +21,7 @@ def main(argv=None):
     parser.add_argument("--slice", type=int, default=24)
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
-    from minunet.data.dataset import load_slices
+    from minunet.data.datafile import load_slices
     from minunet.data.imageio import read_stack
     raw, labels = load_slices(args.data, [args.slice])
     pred = read_stack(args.pred)[args.slice]

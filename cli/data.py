@@ -59,15 +59,15 @@ def convert(images, labels, out, classes, names, no_labels, w0, sigma, force):
       minunet data convert volume.tif masks/ -o d.h5 --classes 0,50,100 --names bg,nucleus,cytoplasm
       minunet data convert ../shared/data/isbi2012/test --no-labels -o isbi-test.h5
     """
-    from minunet.data import dataset as D
+    from minunet.data import convert, datafile
     if labels is None and not no_labels:
         raise UserError("LABELS missing: give the label images, or --no-labels for unlabeled data")
     if labels is not None and no_labels:
         raise UserError(f"--no-labels given together with LABELS ({labels}); drop one of them")
     start = time.perf_counter()
-    path = D.convert(images, labels, out, classes=classes, class_names=names.split(",") if names else None,
-                     w0=w0, sigma=sigma, force=force, progress=_progress)
-    info = D.open_dataset(path)
+    path = convert.convert(images, labels, out, classes=classes, class_names=names.split(",") if names else None,
+                           w0=w0, sigma=sigma, force=force, progress=_progress)
+    info = datafile.open_dataset(path)
     click.echo(f"wrote {path}: {info.n_slices} x {info.height} x {info.width} {info.dtype}"
                + (f", {info.n_classes} classes" if info.has_labels else ", no labels")
                + f" ({time.perf_counter() - start:.1f} s)")
@@ -82,8 +82,8 @@ def info(file):
     Example:
       minunet data info isbi.h5
     """
-    from minunet.data import dataset as D
-    click.echo(D.info(file))
+    from minunet.data import datafile
+    click.echo(datafile.info(file))
 
 
 @data.command()
@@ -106,16 +106,16 @@ def synth(out, slices, size, seed, w0, sigma, force):
     """
     import numpy as np
 
-    from minunet.data import dataset as D
-    from minunet.data import synth as S
+    from minunet.data.convert import save_arrays
+    from minunet.data.synth import synth_slice
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")
     start = time.perf_counter()
-    pairs = [S.synth_slice(np.random.default_rng([seed, i]), size)
+    pairs = [synth_slice(np.random.default_rng([seed, i]), size)
              for i in _progress(range(slices), "synthesising", slices)]
     raw, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-    D.save_arrays(out, raw, labels, n_classes=2, class_names=["membrane", "cell"], w0=w0, sigma=sigma,
-                  sources=[f"synth seed {seed} slice {i}" for i in range(slices)], force=force,
-                  progress=_progress)
+    save_arrays(out, raw, labels, n_classes=2, class_names=["membrane", "cell"], w0=w0, sigma=sigma,
+                sources=[f"synth seed {seed} slice {i}" for i in range(slices)], force=force,
+                progress=_progress)
     click.echo(f"wrote {out}: {slices} x {size} x {size} uint8, 2 classes ({time.perf_counter() - start:.1f} s)")

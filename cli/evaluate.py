@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from minunet.errors import UserError
+from minunet.files.specs import parse_spec
 
 METRICS = ("pixel", "rand", "warping", "vrand", "iou")
 
@@ -57,14 +58,15 @@ def parse_metrics(text):
 
 def _truth_spec(truth):
     """An HDF5 truth file without a dataset means its ``/labels`` (written by ``minunet data convert``)."""
-    if re.search(r"\.(h5|hdf5|hdf)$", truth, re.IGNORECASE) and Path(truth).is_file():
+    spec = parse_spec(truth)
+    if spec.kind == "hdf5" and spec.dataset is None and spec.path.is_file():
         return truth + ":/labels"
     return truth
 
 
 def _read(spec, role):
     """Read a stack with minunet.data.imageio, as (N, H, W); a missing file is a one-line UserError."""
-    path = re.sub(r"\.(h5|hdf5|hdf):/.*$", r".\1", spec, flags=re.IGNORECASE)
+    path = str(parse_spec(spec).path)
     if not any(ch in path for ch in "*?[") and not Path(path).exists():
         raise UserError(f"{role} {spec}: no such file or folder")
     from minunet.data.imageio import read_stack

@@ -1,120 +1,15 @@
 """``minunet predict``: segment an image or a stack with a trained model (overlap-tile strategy).
 
-Reads the input with :mod:`minunet.data.imageio`, normalises it as training did
-(:func:`minunet.data.dataset.normalize`), predicts each slice with :func:`minunet.inference.tiling.predict_stack`
-and writes the result atomically (TIFF or HDF5). Every check that can fail (output path, device,
-checkpoint, tile size, input, channel count) runs before the network does, and a failure leaves no
-output file behind.
+The options become a :class:`minunet.inference.run.Request` (or a block-wise job for Zarr
+volumes, :mod:`minunet.inference.blockwise`); this module only parses and reports.
 """
-import re
-import sys
-import tempfile
-from pathlib import Path
-
 import click
-import numpy as np
 
+from minunet.cli.progress import Progress
+from minunet.cli.startup import announce_compilation
 from minunet.engine.devices import resolve_device
 from minunet.errors import UserError
-
-FORMATS = ("foreground", "labels", "probs")
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5")
-
-
-def parse_output(spec):
-    """(path, dataset or None) of an OUTPUT: ``x.tif``, ``x.h5`` or ``x.h5:/dataset``."""
-    match = re.match(r"^(.*\.(?:h5|hdf5))(?::(/[^:]+))?$", spec, re.IGNORECASE)
-    if match:
-        return Path(match.group(1)), match.group(2)
-    path = Path(spec)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        raise UserError(f"-o {spec}: unsupported output type; end the name in .tif, .tiff or .h5 "
-                        "(optionally .h5:/dataset)")
-    return path, None
-
-
-def check_output(path, force):
-    """Refuse an existing output without --force and a folder we cannot write, before any work."""
-    if path.is_dir():
-        raise UserError(f"-o {path}: is a folder; name an output file such as {path / 'probs.tif'}")
-    if path.exists() and not force:
-        raise UserError(f"-o {path}: output exists; pass --force to overwrite it or choose another name")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"-o {path}: output folder {folder} does not exist; create it first")
-    try:                                      # the real test of writability (os.access lies for root)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UserError(f"-o {path}: cannot write to folder {folder} ({err.strerror}); "
-                        "choose a writable folder") from None
-
-
-def check_not_input(path, input_spec):
-    """Refuse to replace the input file itself (an .h5 output would drop its other datasets)."""
-    source = Path(re.sub(r"\.(h5|hdf5|hdf):/.*$", r".\1", input_spec, flags=re.IGNORECASE))
-    if path.exists() and source.is_file() and source.resolve() == path.resolve():
-        raise UserError(f"-o {path}: is the input file; write the prediction to another file")
-
-
-def read_input(spec, in_channels):
-    """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
-    from minunet.data import dataset as data
-    from minunet.data.imageio import read_stack
-    raw = read_stack(spec)
-    if in_channels != 1:
-        raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
-                        "input channels; use a model trained on single-channel images")
-    return np.asarray(data.normalize(raw), dtype=np.float32)
-
-
-def format_output(probs, output_format, single):
-    """The array to write: foreground (N,H,W), labels (N,H,W) uint8 or probs (N,K,H,W); squeezed
-    to one image when the input was one."""
-    if output_format == "foreground":
-        result = probs[:, 1]
-    elif output_format == "labels":
-        result = probs.argmax(axis=1).astype(np.uint8)
-    else:
-        result = probs
-    return result[0] if single else result
-
-
-def write_output(path, dataset, array, output_format, meta):
-    """Write atomically: a TIFF, or an HDF5 file with one dataset (default named after the format)."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        from minunet.data.imageio import write_tiff_atomic
-        write_tiff_atomic(path, array, photometric="minisblack")   # never guessed as RGB
-        return
-    from minunet.model.checkpoint import atomic_h5
-
-    def write(f):
-        ds = f.create_dataset(dataset or f"/{output_format}", data=array, compression="gzip")
-        for key, value in meta.items():
-            ds.attrs[key] = value
-    atomic_h5(path, write)
-
-
-class _Progress:
-    """A progress bar over tiles on stderr, only when stderr is a terminal."""
-
-    def __init__(self, n_slices):
-        self.bar, self.n_slices = None, n_slices
-        self.enabled = sys.stderr.isatty()
-
-    def __call__(self, done, total):
-        if not self.enabled:
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=f"predicting {self.n_slices} slice(s), tiles",
-                                         file=sys.stderr, show_pos=True, show_eta=True)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+from minunet.inference.outputs import FORMATS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,8 +18,8 @@ class _Progress:
               help="A checkpoint written by minunet train (RUN/best.h5 or RUN/checkpoint.h5).")
 @click.option("--output", "-o", required=True, metavar="OUTPUT",
               help="Output file: .tif/.tiff, or .h5 (optionally .h5:/dataset).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: the GPU when one is usable, else the CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "reference"]), default="auto", show_default=True,
+              help="auto: the GPU when one is usable, else the CPU (reference: slow NumPy, tests).")
 @click.option("--tile", type=int, default=None, metavar="N",
               help="Input tile size (572 for the paper's network). Default: among the sizes that fit "
                    "memory (up to 1024), the one needing the least work for the image. "
@@ -146,8 +41,9 @@ class _Progress:
 @click.option("--block", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
 @click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary line.")
 def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
-            scheduler, block, resume):
+            scheduler, block, resume, quiet):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
     INPUT is a TIFF (single or multi-page), a PNG, a folder of slices, a quoted glob, or an HDF5
@@ -171,78 +67,39 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     is read with its context, predicted, and written as one chunk of the Zarr OUTPUT; --resume
     skips finished blocks. See docs/scaling.md.
     """
-    from minunet.inference import blockwise, tiling
-    from minunet.model.checkpoint import load_checkpoint, load_model
+    from minunet.inference import blockwise
+    from minunet.inference.run import Request, predict_to_file
 
-    if blockwise.wants_blockwise(input_spec, output):
-        checkpoint = load_checkpoint(model_path)
-        _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch,
-                           pad or _trained_pad(checkpoint), tta,
-                           output_format or _default_format(checkpoint.model.get("classes", 2)),
-                           force, scheduler, block, resume)
-        return
-    path, dataset = parse_output(output)
-    check_output(path, force)
-    check_not_input(path, input_spec)
     device = resolve_device(device)
-    model, checkpoint = load_model(model_path, device=device)
-    if tile is not None:
-        try:
-            model.geometry(tile)
-        except UserError as err:
-            raise UserError(f"--tile: {err}") from None
-    pad = pad or _trained_pad(checkpoint)
-    output_format = output_format or _default_format(model.classes)
-    stack = read_input(input_spec, model.in_channels)
-    n, h, w = stack.shape
-    if tile is None:
-        tile = tiling.fit_tile(model, tiling.choose_tile(model, device, batch=batch), h, w)
-    try:
-        tiling.check_stride(model, tile, h, w)
-    except UserError as err:
-        raise UserError(f"--tile: {err}") from None
-
-    progress = _Progress(n)
-    try:
-        probs = tiling.predict_stack(model, stack, tile=tile, pad=pad, batch=batch, tta=tta, progress=progress)
-    finally:
-        progress.close()
-    single = n == 1
-    array = format_output(probs, output_format, single)
-    meta = dict(model=str(model_path), input=str(input_spec), tile=tile, pad=pad, tta=tta)
-    write_output(path, dataset, array, output_format, meta)
-    click.echo(f"wrote {path}{dataset or ''}: {output_format} {array.dtype} {'x'.join(map(str, array.shape))} "
-               f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
-
-
-def _trained_pad(checkpoint):
-    """The border padding the model was trained with (mirror for files that do not say)."""
-    return (checkpoint.extra.get("config") or {}).get("pad", "mirror")
-
-
-def _default_format(classes):
-    """Class 1's probability (the ISBI format) for two classes, the class map for more."""
-    return "foreground" if classes == 2 else "labels"
+    if blockwise.wants_blockwise(input_spec, output):
+        _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format,
+                           force, scheduler, block, resume, quiet)
+        return
+    request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force)
+    with Progress("predicting: tiles", quiet=quiet) as progress:
+        announce_compilation(device, progress.echo, quiet)
+        line = predict_to_file(request, progress=progress.update)
+    if not quiet:
+        click.echo(line, err=True)
 
 
 def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
-                       scheduler, block, resume):
+                       scheduler, block, resume, quiet):
     """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.inference.blockwise)."""
-    from minunet.inference import blockwise
+    from minunet.inference import blockwise, outputs
+    from minunet.inference.run import trained_pad
+    from minunet.model.checkpoint import load_checkpoint
     if tta:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
-    bar = click.progressbar(length=1, label="predicting blocks", file=sys.stderr, show_pos=True) \
-        if sys.stderr.isatty() else None
-
-    def progress(done, total):
-        if bar is not None:
-            bar.length = total
-            bar.update(done - bar.pos)
-    result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
-                                      device=device, tile=tile, pad=pad, output_format=output_format,
-                                      resume=resume, overwrite=force, progress=progress, batch=batch)
-    if bar is not None:
-        bar.render_finish()
-    click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "
-               f"{result['computed']} block(s) predicted, {result['skipped']} skipped (tile {result['tile']})",
-               err=True)
+    checkpoint = load_checkpoint(model_path)
+    pad = pad or trained_pad(checkpoint)
+    output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2))
+    with Progress("predicting: blocks", quiet=quiet) as progress:
+        announce_compilation(device, progress.echo, quiet)
+        result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
+                                          device=device, tile=tile, pad=pad, output_format=output_format,
+                                          resume=resume, overwrite=force, progress=progress.update, batch=batch)
+    if not quiet:
+        click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "
+                   f"{result['computed']} block(s) predicted, {result['skipped']} skipped (tile {result['tile']})",
+                   err=True)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from minunet.cli.progress import Progress, clock
+from minunet.cli.startup import announce_compilation
 from minunet.errors import UserError
 
 CPU_WIDTH, GPU_WIDTH = 16, 64              # default --width by device
@@ -85,10 +87,9 @@ def train(ctx, **opts):
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
     """
     from minunet.engine.devices import resolve_device
-    from minunet.training import trainer as T
+    from minunet.training.config import TrainConfig, resume_config
+    from minunet.training.trainer import Trainer
 
-    quiet = opts["quiet"] or not sys.stderr.isatty()
-    echo = None if opts["quiet"] else (lambda line: _echo(line))
     given = {"augment" if k == "no_augment" else k for k in opts
              if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     settings = _settings(opts)
@@ -99,7 +100,7 @@ def train(ctx, **opts):
         overrides = {k: v for k, v in settings.items() if k in given}
         if "device" in overrides:
             overrides["device"] = resolve_device(overrides["device"])
-        config = T.resume_config(opts["out"], **overrides)
+        config = resume_config(opts["out"], **overrides)
     else:
         if not opts["data"]:
             raise UserError("--data FILE.h5 is required (make one with `minunet data synth -o demo.h5`)")
@@ -113,30 +114,57 @@ def train(ctx, **opts):
             else:
                 settings["minutes"] = CPU_MINUTES
         out = opts["out"] or f"runs/{Path(opts['data']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        config = T.TrainConfig(**dict(settings, data=str(Path(opts["data"]).resolve()), device=device, out=out))
+        config = TrainConfig(**dict(settings, data=str(Path(opts["data"]).resolve()), device=device, out=out))
 
-    trainer = T.Trainer(config, resume=opts["resume"], echo=echo)
-    bar = None if quiet else ProgressBar()
+    progress = Progress("iteration", quiet=opts["quiet"])
+    trainer = Trainer(config, resume=opts["resume"], echo=None if opts["quiet"] else progress.echo)
+    announce_compilation(trainer.config.device, progress.echo, opts["quiet"])
     try:
-        result = trainer.run(progress=bar)
+        result = trainer.run(progress=TrainProgress(progress))
     except KeyboardInterrupt:             # a second Ctrl-C: no new checkpoint
-        if bar is not None:
-            bar.clear()
-        click.echo(f"Aborted; {trainer.out / 'checkpoint.h5'} holds the last checkpoint. "
-                   f"Continue with: minunet train --out {trainer.out} --resume", err=True)
+        progress.close()
+        click.echo(f"Aborted; {_last_checkpoint(trainer)}. Continue with: minunet train --out {trainer.out} --resume",
+                   err=True)
         sys.exit(130)
     finally:
+        progress.close()
         trainer.close()
-    if bar is not None:
-        bar.clear()
     if result.reason == "signal":
         if opts["quiet"]:       # otherwise the log line has said it
             click.echo(f"Stopped at iteration {result.iteration}; checkpoint written to {trainer.out / 'checkpoint.h5'}. "
                        f"Continue with: minunet train --out {trainer.out} --resume", err=True)
         sys.exit(128 + result.signum)
     if not opts["quiet"]:
-        click.echo(f"Done: {trainer.out} (best.h5: validation Rand error {T._fmt(result.best_rand_error)} "
-                   f"at iteration {result.best_iteration})")
+        best = f"best.h5: {trainer.summary()}" if trainer.run_dir.best.is_file() else trainer.summary()
+        click.echo(f"Done: {trainer.out} ({best})")
+
+
+def _last_checkpoint(trainer):
+    """Where the last checkpoint is, or that there is none yet."""
+    path = trainer.run_dir.checkpoint
+    return f"{path} holds the last checkpoint" if path.is_file() else "no checkpoint was written yet"
+
+
+class TrainProgress:
+    """The progress line of a training run: iteration, running loss, iterations per second, time left."""
+
+    def __init__(self, progress):
+        self.progress, self.loss = progress, None
+        self.start = self.start_iteration = None
+
+    def __call__(self, trainer, loss):
+        now = time.monotonic()
+        if self.start is None:                    # rates count from the end of the first step
+            self.start, self.start_iteration = now, trainer.iteration
+        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
+        steps, seconds = trainer.iteration - self.start_iteration, now - self.start
+        detail = f"loss {self.loss:.4f}"
+        if steps and seconds > 0:
+            detail += f"  {steps / seconds:.2f} it/s"
+        c = trainer.config
+        if c.minutes:
+            detail += f"  time left {clock(max(60 * c.minutes - trainer.elapsed(), 0))}"
+        self.progress.update(trainer.iteration, c.iterations, detail)
 
 
 def _settings(opts):
@@ -149,62 +177,3 @@ def _settings(opts):
                 batch=opts["batch"], augment=not opts["no_augment"], train_slices=opts["train_slices"],
                 val_slices=opts["val_slices"], val_every=opts["val_every"], seed=opts["seed"],
                 workers=opts["workers"])
-
-
-_bar_visible = False
-
-
-def _echo(line):
-    """A log line on stderr, above the progress bar."""
-    global _bar_visible
-    if _bar_visible:
-        sys.stderr.write("\r\033[K")
-        _bar_visible = False
-    click.echo(line, err=True)
-
-
-class ProgressBar:
-    """One terminal line: iteration, loss (running mean), it/s, ETA; redrawn at most 10 times a second."""
-
-    def __init__(self, width=24):
-        self.width, self.last_draw, self.loss = width, 0.0, None
-        self.start, self.start_iteration = None, None
-
-    def __call__(self, trainer, loss):
-        global _bar_visible
-        now = time.monotonic()
-        if self.start is None:
-            self.start, self.start_iteration = now, trainer.iteration - 1
-        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
-        if now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        c = trainer.config
-        rate = (trainer.iteration - self.start_iteration) / max(now - self.start, 1e-9)
-        fractions, etas = [], []
-        if c.iterations:
-            fractions.append(trainer.iteration / c.iterations)
-            etas.append((c.iterations - trainer.iteration) / max(rate, 1e-9))
-        if c.minutes:
-            fractions.append(trainer.elapsed() / (60 * c.minutes))
-            etas.append(60 * c.minutes - trainer.elapsed())
-        fraction, eta = min(max(fractions), 1.0), max(min(etas), 0.0)
-        filled = int(round(fraction * self.width))
-        total = f"/{c.iterations}" if c.iterations else ""
-        sys.stderr.write(f"\r\033[K[{'#' * filled}{'.' * (self.width - filled)}] it {trainer.iteration}{total}  "
-                         f"loss {self.loss:.4f}  {rate:.2f} it/s  ETA {_clock(eta)}")
-        sys.stderr.flush()
-        _bar_visible = True
-
-    def clear(self):
-        global _bar_visible
-        if _bar_visible:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            _bar_visible = False
-
-
-def _clock(seconds):
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

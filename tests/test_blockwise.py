@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
 
-from minunet.data.dataset import normalize  # noqa: E402
+from minunet.data.datafile import normalize  # noqa: E402
 from minunet.errors import UserError  # noqa: E402
 from minunet.inference import blockwise, tiling  # noqa: E402
 from minunet.model.checkpoint import load_model, save_checkpoint  # noqa: E402

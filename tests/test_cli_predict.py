@@ -28,9 +28,9 @@ def model_file(tmp_path):
 
 def expected_probs(model_file, raw, tile, pad="mirror"):
     """What the library predicts for a raw stack (N, H, W): normalised as in training."""
-    from minunet.data import dataset as data
+    from minunet.data.datafile import normalize
     model, _ = load_model(model_file, "cpu")
-    return tiling.predict_stack(model, data.normalize(raw), tile=tile, pad=pad)
+    return tiling.predict_stack(model, normalize(raw), tile=tile, pad=pad)
 
 
 def test_tiff_stack_to_float32_tiff(tmp_path, model_file, rng, capsys):
@@ -113,7 +113,7 @@ def test_overwrite_needs_force(tmp_path, model_file, rng, capsys):
         f["raw"] = np.zeros((1, 20, 20), np.uint8)
     code, _, err = run(["predict", "-m", model_file, f"{tmp_path / 'data.h5'}:/raw", "-o", str(tmp_path / "data.h5"),
                         "--force"], capsys)
-    assert_one_line_error(code, err, "is the input file")
+    assert_one_line_error(code, err, "is an input of this command")
     with h5py.File(tmp_path / "data.h5", "r") as f:
         assert list(f) == ["raw"]
 

@@ -39,7 +39,9 @@ def test_train_and_resume(data_file, tmp_path, capsys):
     code, _, stderr = run(["train", "--out", str(out), "--resume", "--iterations", "6", "--quiet"], capsys)
     assert code == 0 and stderr == ""
     with open(out / "metrics.csv", newline="") as f:
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [2, 4, 6]
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]          # a loss row each step
+    assert [int(r["iteration"]) for r in rows if r["val_rand_error"]] == [2, 4, 6]
     assert load_checkpoint(out / "checkpoint.h5").iteration == 6
     code, _, stderr = run(["train", "--out", str(out), "--resume", "--iterations", "8", "--width", "8"], capsys)
     assert code == 2 and "--width 8" in stderr and "--width 4" in stderr
@@ -74,7 +76,7 @@ def test_one_line_errors(data_file, tmp_path, capsys, make_argv, message):
 
 
 def test_tile_too_large_names_one_that_fits(data_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("minunet.inference.tiling.memory_budget", lambda device: 64 << 20)
+    monkeypatch.setattr("minunet.training.memory.memory_budget", lambda device: 64 << 20)
     code, _, stderr = run(["train", "--data", str(data_file), "--out", str(tmp_path / "r"), "--iterations", "1",
                            "--depth", "3", "--width", "16", "--tile", "1500", "--device", fast_device()], capsys)
     assert code == 2 and "GiB" in stderr and "use --tile" in stderr and stderr.count("\n") == 1, stderr
@@ -89,19 +91,26 @@ def test_cuda_without_gpu(data_file, tmp_path, capsys):
     assert code == 2 and "--device cuda" in stderr and stderr.count("\n") == 1
 
 
-def test_progress_bar_shows_rate_and_eta(capsys):
+def test_progress_line_shows_rate_and_eta(capsys):
+    """The rate counts from the end of the first step (never 1e9 it/s), the line has the ETA."""
     from types import SimpleNamespace
 
-    from minunet.cli.train import ProgressBar
-    bar = ProgressBar()
+    from minunet.cli.progress import Progress
+    from minunet.cli.train import TrainProgress
+    progress = Progress("iteration", log_every_s=0.0)
+    show = TrainProgress(progress)
     trainer = SimpleNamespace(iteration=1, config=SimpleNamespace(iterations=10, minutes=None), elapsed=lambda: 1.0)
-    bar(trainer, 0.7)
+    show(trainer, 0.7)
     time.sleep(0.12)
     trainer.iteration = 5
-    bar(trainer, 0.5)
-    bar.clear()
+    show(trainer, 0.5)
+    progress.close()
     err = capsys.readouterr().err
-    assert "it 5/10" in err and "it/s" in err and "ETA" in err and "loss" in err
+    first, last = err.splitlines()[0], err.splitlines()[-1]
+    assert "iteration 1/10" in first and "it/s" not in first
+    assert "iteration 5/10" in last and "ETA" in last and "loss" in last
+    rate = float(last.split(" it/s")[0].split()[-1])
+    assert 4 / 0.5 < rate < 4 / 0.12 + 1
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -6,6 +6,7 @@ import tifffile
 from PIL import Image
 
 from minunet.data import imageio
+from minunet.files.atomic import write_tiff_atomic
 from minunet.errors import UserError
 
 
@@ -81,8 +82,8 @@ def test_bad_inputs(tmp_path, stack, case, message):
 
 
 def test_write_tiff_atomic(tmp_path, stack):
-    imageio.write_tiff_atomic(tmp_path / "o.tif", stack)
+    write_tiff_atomic(tmp_path / "o.tif", stack)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o.tif"), stack)
     with pytest.raises(Exception):                   # a failed write leaves no temporary file
-        imageio.write_tiff_atomic(tmp_path / "x.tif", object())
+        write_tiff_atomic(tmp_path / "x.tif", object())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif"]

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from minunet.data import dataset as D
+from minunet.data import convert, datafile
 from minunet.evaluation import metrics
 from minunet.inference import tiling
 from minunet.model.checkpoint import load_model
-from minunet.training import trainer as T
+from minunet.training.config import TrainConfig
+from minunet.training.trainer import Trainer
 from tests.backends import fast_device
 from tests.cli_runner import run
 
@@ -120,13 +121,13 @@ RECIPE = dict(depth=3, width=16, classes=7, up_kernel=4, pad="zero", deep_superv
 
 def test_dental_network_learns_seven_classes_of_shapes(tmp_path, seed):
     train_raw, train_labels = shapes_stack(np.random.default_rng([seed, 0]), 32)
-    path = D.save_arrays(tmp_path / "shapes.h5", train_raw, train_labels, n_classes=7,
+    path = convert.save_arrays(tmp_path / "shapes.h5", train_raw, train_labels, n_classes=7,
                          class_names=("background",) + KINDS, w0=0)
     with h5py.File(path, "a") as f:            # unweighted loss: pixel accuracy is what we measure
         f["weights"][...] = 1.0
-    config = T.TrainConfig(data=str(path), out=str(tmp_path / "run"), device=fast_device(),
+    config = TrainConfig(data=str(path), out=str(tmp_path / "run"), device=fast_device(),
                            val_slices="none", seed=seed, **RECIPE)
-    trainer = T.Trainer(config)
+    trainer = Trainer(config)
     result = trainer.run(handle_signals=False)
     assert result.iteration == RECIPE["iterations"]
 
@@ -194,7 +195,7 @@ def test_command_line_round_trip_with_seven_classes(tmp_path, rng, capsys):
     predicted = tifffile.imread(tmp_path / "labels.tif")
     assert predicted.shape == labels.shape and predicted.dtype == np.uint8 and predicted.max() <= 6
     model, _ = load_model(run_dir / "checkpoint.h5", "cpu")
-    probs = tiling.predict_stack(model, D.normalize(raw), pad="zero")
+    probs = tiling.predict_stack(model, datafile.normalize(raw), pad="zero")
     np.testing.assert_array_equal(predicted, probs.argmax(axis=1))
 
     code, _, err = run(["predict", tmp_path / "images.tif", "--model", run_dir / "checkpoint.h5",

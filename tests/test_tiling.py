@@ -27,17 +27,6 @@ def one_pass(model, image, pad):
         return F.softmax(scores).numpy()[0][:, :h, :w]
 
 
-def test_mirror_reflects_without_repeating_the_border():
-    row = np.arange(4, dtype=np.float32)[None, None]          # a b c d
-    out = tiling.extend(row, 0, (0, 8))[0, 0]
-    np.testing.assert_array_equal(out, [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1])
-    left = tiling.extend(np.arange(3, dtype=np.float32).reshape(1, 1, 3), 2, 0)[0]
-    np.testing.assert_array_equal(left[2], [2, 1, 0, 1, 2])   # rows mirrored too
-    np.testing.assert_array_equal(tiling.extend(row, 1, 1, "zero")[0, 0], [0, 0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(tiling.extend(row, 1, 1, "zero")[0, 1], [0, 0, 1, 2, 3, 0])
-    np.testing.assert_array_equal(tiling.mirror_index(np.arange(-3, 4), 1), np.zeros(7))
-
-
 @pytest.mark.parametrize("pad", ["mirror", "zero"])
 @pytest.mark.parametrize("depth,tiles", [(3, (52, 60, 76)), (4, (108, 124))])
 def test_stitched_equals_one_pass(rng, pad, depth, tiles):

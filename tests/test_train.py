@@ -15,6 +15,8 @@ from scipy import ndimage
 from minunet.engine.devices import resolve_device
 from minunet.errors import UserError
 from minunet.model.checkpoint import load_checkpoint, load_model
+from minunet.training import config as C
+from minunet.training import supervision
 from minunet.training import trainer as T
 from tests.backends import fast_device
 
@@ -68,7 +70,7 @@ def config(data_file, out, **kw):
     settings = dict(data=str(data_file), out=str(out), device=DEVICE, iterations=6, depth=3, width=4,
                     tile=92, val_every=3, val_slices="4", workers=0)
     settings.update(kw)
-    return T.TrainConfig(**settings)
+    return C.TrainConfig(**settings)
 
 
 def params(model):
@@ -84,7 +86,7 @@ def test_coarse_positions_are_centred_blocks(up_kernel):
     out = geo.output_size
     for i, size in enumerate(geo.decoder_sizes[:-1]):
         levels_up = len(geo.decoder_sizes) - 1 - i
-        pos = T.coarse_positions(size, levels_up, up_kernel)
+        pos = supervision.coarse_positions(size, levels_up, up_kernel)
         assert np.allclose(np.diff(pos), 2 ** levels_up)                    # one block per coarse pixel
         assert np.allclose(pos + pos[::-1], out - 1)                        # centred on the output tile
         assert pos[0] <= 0 and pos[-1] >= out - 1                          # covers the whole tile
@@ -94,11 +96,11 @@ def test_coarse_targets_take_the_block_centre_and_ignore_outside():
     labels = np.arange(16 * 16, dtype=np.int64).reshape(1, 16, 16) % 7
     weights = np.arange(16 * 16, dtype=np.float32).reshape(1, 16, 16)
     # A coarse map of 10 pixels one level up: positions 2j - 1.5 -> rows -1 (outside), 1, 3, ..., 15, 17 (outside)
-    idx = T.coarse_index(10, 1, 16, up_kernel=2)
+    idx = supervision.coarse_index(10, 1, 16, up_kernel=2)
     assert idx.tolist() == [-1, 1, 3, 5, 7, 9, 11, 13, 15, -1]
-    lab, wgt = T.coarse_targets(labels.astype(np.uint8), weights, idx)
+    lab, wgt = supervision.coarse_targets(labels.astype(np.uint8), weights, idx)
     assert lab.shape == wgt.shape == (1, 10, 10)
-    assert lab[0, 0].tolist() == [T.IGNORE] * 10 and (wgt[0, :, -1] == 0).all()
+    assert lab[0, 0].tolist() == [supervision.IGNORE] * 10 and (wgt[0, :, -1] == 0).all()
     assert lab[0, 1, 1] == labels[0, 1, 1] and wgt[0, 2, 3] == weights[0, 3, 5]
 
 
@@ -114,16 +116,18 @@ def test_run_directory(data_file, tmp_path):
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["iteration", "elapsed_s", "train_loss", "val_pixel_error", "val_rand_error"]
-    assert [int(r[0]) for r in rows[1:]] == [3, 6]
-    assert all(0 <= float(v) <= 1 for r in rows[1:] for v in r[3:]) and float(rows[1][2]) > 0
+    assert [int(r[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]              # a loss row each step
+    validated = [r for r in rows[1:] if r[3]]
+    assert [int(r[0]) for r in validated] == [3, 6]
+    assert all(0 <= float(v) <= 1 for r in validated for v in r[3:]) and all(float(r[2]) > 0 for r in rows[1:])
     record = json.loads((out / "config.json").read_text())
     assert record["data_sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
-    assert record["settings"]["optimizer"] == "sgd" and record["settings"]["lr"] == T.DEFAULT_LR["sgd"]
+    assert record["settings"]["optimizer"] == "sgd" and record["settings"]["lr"] == C.DEFAULT_LR["sgd"]
     assert record["settings"]["train_slices"] == "0-3" and {"minunet", "numpy"} <= set(record["versions"])
     ckpt = load_checkpoint(out / "checkpoint.h5")
     assert ckpt.iteration == 6 and {"dropout", "sampler"} <= set(ckpt.rng)
     best = load_checkpoint(out / "best.h5")
-    assert best.iteration == result.best_iteration and best.extra["best_rand_error"] == result.best_rand_error
+    assert best.iteration == result.best_iteration and best.extra["best_score"] == result.best_score
     model, _ = load_model(out / "best.h5", device=DEVICE)
     assert model.width == 4 and model.depth == 3
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -135,7 +139,7 @@ def test_refuses_to_overwrite_a_run(data_file, tmp_path):
     with pytest.raises(UserError, match="--resume"):
         T.Trainer(config(data_file, tmp_path, iterations=2))
     with pytest.raises(UserError, match="--width 8.*--width 4"):
-        T.resume_config(tmp_path, width=8, iterations=2)
+        C.resume_config(tmp_path, width=8, iterations=2)
 
 
 # ----------------------------------------------------------------------------- exact resume
@@ -150,7 +154,7 @@ def test_resume_is_bitwise(data_file, tmp_path, optimizer, deep):
     first = T.Trainer(config(data_file, tmp_path / "b", iterations=3, workers=1, **kw))
     first.run(handle_signals=False)
     first.close()
-    resumed = T.Trainer(T.resume_config(tmp_path / "b", iterations=7, workers=2), resume=True)
+    resumed = T.Trainer(C.resume_config(tmp_path / "b", iterations=7, workers=2), resume=True)
     assert resumed.iteration == 3 and resumed.config.workers == 2
     resumed.run(handle_signals=False)
     resumed.close()
@@ -184,7 +188,7 @@ def test_stop_request_checkpoints_the_current_step(data_file, tmp_path):
 def test_nan_stops_and_keeps_the_last_good_checkpoint(data_file, tmp_path):
     T.Trainer(config(data_file, tmp_path, iterations=3)).run(handle_signals=False)
     before = load_checkpoint(tmp_path / "checkpoint.h5")
-    trainer = T.Trainer(T.resume_config(tmp_path, iterations=30, lr=1e4), resume=True)
+    trainer = T.Trainer(C.resume_config(tmp_path, iterations=30, lr=1e4), resume=True)
     with pytest.raises(T.TrainingDiverged) as err:
         trainer.run(handle_signals=False)
     message = str(err.value)
@@ -231,7 +235,7 @@ def test_a_small_net_learns(data_file, tmp_path):
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
     with open(tmp_path / "metrics.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
-    assert float(last["val_pixel_error"]) < 0.1 and result.best_rand_error < 0.5
+    assert float(last["val_pixel_error"]) < 0.1 and result.best_score < 0.5
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -251,7 +255,7 @@ def test_bad_inputs(data_file, tmp_path):
 
 
 def test_tile_too_large_for_memory(data_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("minunet.inference.tiling.memory_budget", lambda device: 2 ** 20)
+    monkeypatch.setattr("minunet.training.memory.memory_budget", lambda device: 2 ** 20)
     with pytest.raises(UserError, match=r"--tile 92 .* GiB.*--width|--tile 92 .* GiB.*use --tile"):
         T.Trainer(config(data_file, tmp_path, tile=92))
 

@@ -1,4 +1,4 @@
-"""Reading image stacks and writing TIFFs, for every command that touches a user's files.
+"""Reading image stacks, for every command that reads a user's images.
 
 A *spec* names a stack of 2-D grayscale slices in one of these forms:
 
@@ -14,11 +14,8 @@ image with differing channels is *refused* by default, because silently mixing c
 the data a microscopist meant to segment. ``rgb="luminance"`` converts instead (ITU-R 601 weights)
 and warns. Palette PNGs keep their palette indices; 1-bit images become 0/255 uint8.
 """
-import contextlib
 import glob as globlib
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -26,9 +23,9 @@ from typing import NamedTuple
 import numpy as np
 
 from minunet.errors import UserError
+from minunet.files.specs import parse_spec
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 RGB_POLICIES = ("refuse", "luminance")
 
 
@@ -49,13 +46,10 @@ def natural_key(text):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
 
 
-def _split_hdf5(spec):
-    """``(file, dataset)`` if the spec names an HDF5 dataset, else None."""
-    text = str(spec)
-    match = re.match(r"^(.*\.(?:h5|hdf5|hdf))(?::(/.*))?$", text, re.IGNORECASE)
-    if not match:
-        return None
-    return Path(match.group(1)), match.group(2) or "/raw"
+def split_hdf5(spec):
+    """``(file, dataset)`` if the spec names an HDF5 dataset (a bare file means ``/raw``), else None."""
+    path, kind, dataset = parse_spec(spec)
+    return (path, dataset or "/raw") if kind == "hdf5" else None
 
 
 def _is_glob(text):
@@ -128,7 +122,7 @@ def list_slices(spec):
 
     Used to pair images with labels by stem and to name output files after their input.
     """
-    h5 = _split_hdf5(spec)
+    h5 = split_hdf5(spec)
     if h5 is not None:
         path, name = h5
         f, ds = _hdf5_dataset(path, name)
@@ -221,7 +215,7 @@ def iter_slices(spec, rgb="refuse"):
     if rgb not in RGB_POLICIES:
         raise ValueError(f"rgb must be one of {RGB_POLICIES}, not {rgb!r}")
     first = None
-    h5 = _split_hdf5(spec)
+    h5 = split_hdf5(spec)
     if h5 is not None:
         path, name = h5
         f, ds = _hdf5_dataset(path, name)
@@ -267,44 +261,3 @@ def read_stack(spec, rgb="refuse"):
     if not slices:
         raise UserError(f"{spec}: the stack is empty")
     return np.stack(slices)
-
-
-@contextlib.contextmanager
-def atomic_path(path, force=True):
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
-
-    Nothing is left behind on any error (a reader never sees a half-written file). With
-    ``force=False`` an existing ``path`` is refused with a UserError before any work is done.
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path}: output exists; use --force to overwrite it or choose another name")
-    if not path.parent.exists():
-        raise UserError(f"{path.parent}: output folder does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                 # mkstemp makes 0600; give the file normal permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def write_tiff_atomic(path, array, **kwargs):
-    """Write ``array`` as a TIFF (pages along the first axis of a 3-D array) atomically.
-
-    The data goes to a temporary file in the same folder, then ``os.replace`` moves it into
-    place, so an interrupted run never leaves a truncated TIFF. Extra kwargs go to
-    ``tifffile.imwrite`` (e.g. ``compression="zlib"``); grayscale pages (``minisblack``) unless
-    a ``photometric`` is given, so a 3-slice stack is never mistaken for one RGB image.
-    """
-    import tifffile
-    kwargs.setdefault("photometric", "minisblack")
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, np.asarray(array), **kwargs)

@@ -11,7 +11,7 @@ Each block is one Dask task, independent of all others (no data moves between wo
    with :func:`minunet.inference.tiling.mirror_index` in *volume* coordinates (NumPy "reflect", the border
    pixel not repeated, as in-memory prediction does; Dask's ``boundary="reflect"`` repeats it, so
    ``map_overlap`` is not used) or zero (``pad="zero"``);
-2. normalise it as training did (:func:`minunet.data.dataset.normalize`) and predict it with the
+2. normalise it as training did (:func:`minunet.data.datafile.normalize`) and predict it with the
    overlap-tile core :func:`minunet.inference.tiling.predict_valid`;
 3. write it into a chunked Zarr array whose chunks are the blocks, then an empty marker file
    ``OUTPUT/.minunet-done/<z>.<y>.<x>``: ``resume=True`` skips the blocks with a marker, so a killed
@@ -32,7 +32,6 @@ model once (:func:`cached_model`). Dask, distributed and zarr (v3 API) are impor
 ``pip install minunet[dask]``. See docs/scaling.md.
 """
 import os
-import re
 import shutil
 import threading
 import time
@@ -41,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet.data.padding import check_pad, mirror_index
 from minunet.errors import UserError
-from minunet.inference import tiling
+from minunet.files.specs import is_zarr, parse_spec
+from minunet.inference import outputs, tiling
+from minunet.model import geometry
 
-FORMATS = ("foreground", "labels", "probs")
 DONE_DIR = ".minunet-done"          # completion markers, one empty file per finished block
 BASELINE_BYTES = 400 << 20          # a worker process without data: Python, NumPy, Numba, Dask, zarr
-_HDF5 = re.compile(r"^(.*\.(?:h5|hdf5|hdf))(?::(/.*))?$", re.IGNORECASE)
-_ZARR = re.compile(r"^(.*\.zarr)(?::(/.*))?$", re.IGNORECASE)
 
 _MODELS = {}                        # per process: (path, mtime, device) -> UNet
 _MODELS_LOCK = threading.Lock()
@@ -68,20 +67,17 @@ def _require(module):
 # ---------------------------------------------------------------------- input and output stores
 
 def wants_blockwise(input_spec, output):
-    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr input or a Zarr output."""
-    return any(_ZARR.match(str(text).rstrip("/")) for text in (input_spec, output))
+    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr input, or an HDF5 volume
+    into a Zarr output (images from TIFF or PNG files are predicted in memory, whatever the output)."""
+    return is_zarr(input_spec) or (is_zarr(output) and parse_spec(input_spec).kind == "hdf5")
 
 
 def split_spec(spec):
     """(kind, path, dataset) of an input: ``x.h5[:/raw]`` -> hdf5, ``x.zarr[:/array]`` or a folder -> zarr."""
-    text = str(spec)
-    match = _HDF5.match(text)
-    if match:
-        return "hdf5", Path(match.group(1)), match.group(2) or "/raw"
-    match = _ZARR.match(text)
-    if match:
-        return "zarr", Path(match.group(1)), match.group(2)
-    return "zarr", Path(text), None
+    path, kind, dataset = parse_spec(spec)
+    if kind == "hdf5":
+        return "hdf5", path, dataset or "/raw"
+    return "zarr", path, dataset
 
 
 def open_volume(spec):
@@ -128,13 +124,12 @@ def open_volume(spec):
 
 def output_layout(shape, classes, block, output_format):
     """(shape, chunks, dtype) of the output array for an input of ``shape`` (H, W) or (Z, H, W)."""
-    spatial = tuple(shape[-2:])
-    lead = tuple(shape[:-2])
-    square = (min(block, spatial[0]), min(block, spatial[1]))
+    out_shape, dtype = outputs.output_layout(shape, classes, output_format)
+    square = (min(block, shape[-2]), min(block, shape[-1]))
+    chunks = (1,) * (len(out_shape) - 2) + square
     if output_format == "probs":
-        return lead + (classes,) + spatial, (1,) * len(lead) + (classes,) + square, np.float32
-    dtype = np.uint8 if output_format == "labels" else np.float32
-    return lead + spatial, (1,) * len(lead) + square, dtype
+        chunks = chunks[:-3] + (classes,) + square
+    return out_shape, chunks, dtype
 
 
 def _is_zarr_store(path):
@@ -215,7 +210,7 @@ def _axis(start, length, n, pad):
     """Indices into an axis of length n for positions start..start+length, and which are inside."""
     pos = np.arange(start, start + length)
     if pad == "mirror":
-        return tiling.mirror_index(pos, n), None
+        return mirror_index(pos, n), None
     return np.clip(pos, 0, n - 1), (pos >= 0) & (pos < n)
 
 
@@ -225,7 +220,7 @@ def read_context(volume, z, y0, x0, size, margin, pad):
     The context covers volume rows y0 - margin .. y0 - margin + size[0] (columns likewise); only
     the rows and columns it needs are read, then mirrored (or zeroed) beyond the volume's border.
     """
-    from minunet.data.dataset import normalize
+    from minunet.data.datafile import normalize
     height, width = volume.shape[-2:]
     rows, row_in = _axis(y0 - margin, size[0], height, pad)
     cols, col_in = _axis(x0 - margin, size[1], width, pad)
@@ -263,12 +258,9 @@ def predict_block(job, z, by, bx):
         probs = tiling.predict_valid(model, context, job.tile, (h, w), batch=job.batch)
     out = zarr.open_array(store=job.output_path, mode="r+")
     where = (z,) if len(job.shape) == 3 else ()
-    if job.output_format == "probs":
-        out[where + (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))] = probs
-    elif job.output_format == "labels":
-        out[where + (slice(y0, y0 + h), slice(x0, x0 + w))] = probs.argmax(axis=0).astype(np.uint8)
-    else:
-        out[where + (slice(y0, y0 + h), slice(x0, x0 + w))] = probs[1]
+    classes = (slice(None),) if job.output_format == "probs" else ()
+    out[where + classes + (slice(y0, y0 + h), slice(x0, x0 + w))] = \
+        outputs.format_probabilities(probs, job.output_format, class_axis=0)
     name = block_name(z, by, bx)
     Path(job.output_path, DONE_DIR, name).touch()        # after the data: a marker means written
     return name
@@ -286,7 +278,7 @@ def block_bytes(model, block, tile, itemsize, output_format):
 
 
 def _check_block(model, block):
-    align = 2 ** (model.depth - 1)
+    align = geometry.alignment(model.depth)
     if block < align or block % align:
         lower, upper = max(align, block // align * align), (block // align + 1) * align
         raise UserError(f"--block {block}: must be a multiple of {align} for a depth-{model.depth} "
@@ -301,7 +293,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     Args:
         model_path: a minunet checkpoint (.h5).
         input_spec: ``vol.zarr``, ``vol.zarr:/array`` (an array in a group) or ``vol.h5:/raw``;
-            (H, W) or (Z, H, W), one grayscale channel, any dtype :func:`minunet.data.dataset.normalize` takes.
+            (H, W) or (Z, H, W), one grayscale channel, any dtype :func:`minunet.data.datafile.normalize` takes.
         output_path: the Zarr array to write: (Z, H, W) float32 foreground probabilities, uint8
             labels, or (Z, K, H, W) float32 probs (no Z for an image); chunks are the blocks.
         block: block side in pixels, a multiple of 2^(depth-1) (16 for the paper's network).
@@ -321,11 +313,8 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     Returns:
         dict with blocks (total), computed, skipped, tile, shape, output and seconds.
     """
-    from minunet.model import geometry
-    if output_format not in FORMATS:
-        raise UserError(f"--output-format {output_format}: use one of {', '.join(FORMATS)}")
-    if pad not in tiling.PADS:
-        raise UserError(f"--pad {pad}: use one of {', '.join(tiling.PADS)}")
+    outputs.check_format(output_format)
+    check_pad(pad)
     if not str(output_path).rstrip("/").lower().endswith(".zarr"):
         raise UserError(f"-o {output_path}: block-wise prediction writes a Zarr store; "
                         "name the output NAME.zarr")
@@ -346,7 +335,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     height, width = shape[-2:]
     span = (min(block, height), min(block, width))
     if tile is None:
-        smallest = geometry.input_size_for(2 ** (model.depth - 1), model.depth, model.up_kernel)
+        smallest = geometry.input_size_for(geometry.alignment(model.depth), model.depth, model.up_kernel)
         budget = None
         if memory_budget is not None:
             in_flight = block_bytes(model, block, smallest, itemsize, output_format) * max(1, workers)

@@ -28,88 +28,21 @@ multiples of 2^(depth-1) then agree exactly with the in-memory result). :func:`p
 adds the context by mirroring or zeros first, and does test-time augmentation. Everything runs
 under ``no_grad()`` and prints nothing; pass ``progress(done, total)`` to follow the tiles.
 """
-import os
-
 import numpy as np
 
+from minunet.data.padding import check_pad, extend
 from minunet.engine import functional as F
 from minunet.engine.autograd import Tensor, no_grad
 from minunet.errors import UserError
 from minunet.kernels import get_backend
 from minunet.model import geometry
+from minunet.model.memory import activation_bytes, memory_budget
 
-PADS = ("mirror", "zero")
 SAFETY = 1.5             # the memory estimate's head-room for kernel workspaces and fragmentation
 MAX_TILE = 1024          # choose_tile's largest input tile: bigger tiles save little overlap
 
 
-# ---------------------------------------------------------------------- border extension
-
-def mirror_index(index, n):
-    """Indices into an axis of length n for positions ``index`` (any integers), reflected at
-    both ends without repeating the border pixel (period 2(n-1))."""
-    if n == 1:
-        return np.zeros_like(index)
-    period = 2 * (n - 1)
-    index = np.mod(index, period)
-    return np.where(index < n, index, period - index)
-
-
-def extend(image, before, after, pad="mirror"):
-    """The image (C, H, W) extended by ``before`` pixels on top and left and ``after`` (an int or
-    (rows, cols)) on bottom and right, by mirroring or with zeros."""
-    if pad not in PADS:
-        raise UserError(f"pad {pad!r} is not one of {', '.join(PADS)}")
-    after_y, after_x = (after, after) if np.isscalar(after) else after
-    _, h, w = image.shape
-    if pad == "zero":
-        return np.pad(image, ((0, 0), (before, after_y), (before, after_x)))
-    rows = mirror_index(np.arange(-before, h + after_y), h)
-    cols = mirror_index(np.arange(-before, w + after_x), w)
-    return image[:, rows[:, None], cols[None, :]]
-
-
 # ---------------------------------------------------------------------- tile size
-
-def activation_bytes(geo, width, in_channels=1, classes=2, up_kernel=2, batch=1, itemsize=4):
-    """Bytes of all activations of one forward pass through a network of this Geometry.
-
-    The sum over layers of channels x size^2 x itemsize x batch: input, both convolutions of each
-    level, each pooling, each up-convolution, each concatenation and the class scores. Without a
-    graph the engine frees most of these early, so this overestimates the peak.
-    """
-    depth = len(geo.encoder_sizes)
-    total = in_channels * geo.input_size ** 2
-    for level, s in enumerate(geo.encoder_sizes):
-        c = width * 2 ** level
-        total += c * ((s + 2) ** 2 + s ** 2)
-        if level < depth - 1:
-            total += c * (s // 2) ** 2
-    for i, s in enumerate(geo.decoder_sizes):
-        level = depth - 2 - i
-        c = width * 2 ** level
-        up = s + 4
-        total += c * up ** 2 + 2 * c * up ** 2 + c * ((s + 2) ** 2 + s ** 2)
-    total += 2 * classes * geo.output_size ** 2          # scores and probabilities
-    return total * itemsize * batch
-
-
-def memory_budget(device):
-    """Bytes available for activations: half the free host memory, or 70% of the free GPU memory."""
-    if device == "cuda":
-        try:
-            import cupy
-            free, _ = cupy.cuda.runtime.memGetInfo()
-            return int(0.7 * free)
-        except Exception:                        # no CuPy or no GPU: fall back to 4 GiB
-            return 4 << 30
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return int(0.5 * info.get("MemAvailable", info["MemFree"]))
-    except (OSError, KeyError, ValueError):
-        return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
 
 def choose_tile(model, device=None, memory_budget_bytes=None, batch=1, tile=None, max_tile=MAX_TILE):
     """The largest valid input tile whose activations for ``batch`` tiles fit the memory budget.
@@ -159,7 +92,7 @@ def tile_stride(model, tile):
     starts at a multiple of 2^(depth-1) (the deepest pooling's grid); for depth >= 4 the output size
     is 4 more than such a multiple (388 = 384 + 4), so neighbouring tiles overlap by those pixels.
     """
-    align = 2 ** (model.depth - 1)
+    align = geometry.alignment(model.depth)
     return model.geometry(tile).output_size // align * align
 
 
@@ -185,9 +118,9 @@ def check_stride(model, tile, height, width):
     """UserError when a height x width image needs several tiles of an output too small to step by."""
     out, stride = model.geometry(tile).output_size, tile_stride(model, tile)
     if stride == 0 and max(height, width) > out:
-        smallest = geometry.input_size_for(2 ** (model.depth - 1), model.depth, model.up_kernel)
+        smallest = geometry.input_size_for(geometry.alignment(model.depth), model.depth, model.up_kernel)
         raise UserError(f"tile size {tile} gives a {out}-pixel output, too small to stitch exactly "
-                        f"(tiles must step by multiples of {2 ** (model.depth - 1)}); use a tile of at "
+                        f"(tiles must step by multiples of {geometry.alignment(model.depth)}); use a tile of at "
                         f"least {smallest}")
 
 
@@ -284,8 +217,7 @@ def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, pro
         done, total: offsets of that count when it spans several images (predict_stack).
     """
     image = as_chw(image, model.in_channels)
-    if pad not in PADS:
-        raise UserError(f"pad {pad!r} is not one of {', '.join(PADS)}")
+    check_pad(pad, "pad")
     _, h, w = image.shape
     if tile is None:
         tile = fit_tile(model, choose_tile(model, batch=batch), h, w)

@@ -13,7 +13,6 @@ Layout (format version 1)::
     /optimizer/KEY   the optimiser's buffers (velocity/i, or m/i and v/i)
 """
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from minunet import __version__
 from minunet.errors import UserError
+from minunet.files.atomic import atomic_h5
 
 FORMAT = "minunet-checkpoint"
 FORMAT_VERSION = 1
@@ -38,28 +38,6 @@ class Checkpoint:
     optimizer_state: dict = field(default_factory=dict)
     rng: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
-
-
-def atomic_h5(path, write):
-    """Call write(h5file) on a temporary file, then move it over ``path`` in one rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-            f.flush()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:                                   # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(path, model, optimizer=None, iteration=0, rng=None, extra=None):

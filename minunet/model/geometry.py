@@ -26,6 +26,15 @@ class Geometry:
         return (self.input_size - self.output_size) // 2
 
 
+def alignment(depth=5):
+    """The pixel grid that the poolings of a depth-``depth`` network impose: 2^(depth-1).
+
+    Tiles and blocks that start on it see the same pooling windows as one pass over the whole
+    image, so their stitched outputs agree exactly.
+    """
+    return 2 ** (depth - 1)
+
+
 def trace(size, depth=5, up_kernel=2, convs_per_level=2, kernel=3):
     """The Geometry of an input size, or None when the size is not valid for the network."""
     loss = convs_per_level * (kernel - 1)

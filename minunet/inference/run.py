@@ -1,0 +1,77 @@
+"""One prediction job: a model file and an input stack in, an output file written.
+
+Every check that can fail (output path, checkpoint, tile size, input, channel count) runs before
+the network does, and a failure leaves no output behind. Block-wise prediction of volumes larger
+than memory (:mod:`minunet.inference.blockwise`) shares the output formats and checks.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from minunet.data.datafile import normalize
+from minunet.data.imageio import read_stack
+from minunet.errors import UserError
+from minunet.inference import outputs, tiling
+from minunet.model.checkpoint import load_model
+
+
+@dataclass
+class Request:
+    """What to predict and how; None means the model's or the image's default."""
+
+    model_path: str
+    input_spec: str
+    output_spec: str
+    device: str = "cpu"
+    tile: int = None
+    batch: int = 4
+    pad: str = None
+    tta: bool = False
+    output_format: str = None
+    force: bool = False
+
+
+def trained_pad(checkpoint):
+    """The border padding the model was trained with (mirror for files that do not say)."""
+    return (checkpoint.extra.get("config") or {}).get("pad", "mirror")
+
+
+def read_input(spec, in_channels):
+    """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
+    raw = read_stack(spec)
+    if in_channels != 1:
+        raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
+                        "input channels; use a model trained on single-channel images")
+    return np.asarray(normalize(raw), dtype=np.float32)
+
+
+def predict_to_file(request, progress=None):
+    """Run a :class:`Request`; returns a one-line description of what was written.
+
+    ``progress(done, total)`` follows the tiles.
+    """
+    r = request
+    outputs.check_output(r.output_spec, [r.input_spec, r.model_path], r.force)
+    model, checkpoint = load_model(r.model_path, device=r.device)
+    if r.tile is not None:
+        try:
+            model.geometry(r.tile)
+        except UserError as err:
+            raise UserError(f"--tile: {err}") from None
+    pad = r.pad or trained_pad(checkpoint)
+    output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes))
+    stack = read_input(r.input_spec, model.in_channels)
+    n, h, w = stack.shape
+    tile = r.tile or tiling.fit_tile(model, tiling.choose_tile(model, r.device, batch=r.batch), h, w)
+    try:
+        tiling.check_stride(model, tile, h, w)
+    except UserError as err:
+        raise UserError(f"--tile: {err}") from None
+    probs = tiling.predict_stack(model, stack, tile=tile, pad=pad, batch=r.batch, tta=r.tta, progress=progress)
+    array = outputs.format_probabilities(probs, output_format, class_axis=1)
+    if n == 1:
+        array = array[0]
+    meta = dict(model=str(r.model_path), input=str(r.input_spec), tile=tile, pad=pad, tta=r.tta)
+    outputs.write_output(r.output_spec, array, output_format, meta, r.force)
+    return (f"{outputs.describe(r.output_spec, array, output_format)} "
+            f"(tile {tile}, pad {pad}{', tta' if r.tta else ''}, device {r.device})")
