@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet.benchmarks.targets import target_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,20 +111,27 @@ def run(slices=8, size=8192, dtype="float32", block=1024, budget_gb=1.0, depth=3
             shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=8)
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--dtype", choices=["uint8", "float32"], default="float32")
-    parser.add_argument("--block", type=int, default=1024)
-    parser.add_argument("--budget-gb", type=float, default=1.0)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--width", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--output-format", choices=["foreground", "labels", "probs"], default="labels")
+    parser.add_argument("--slices", type=int, default=8, help="slices of the synthetic volume")
+    parser.add_argument("--size", type=int, default=8192, help="side of each slice (px)")
+    parser.add_argument("--dtype", choices=["uint8", "float32"], default="float32", help="voxel type")
+    parser.add_argument("--block", type=int, default=1024, help="block side (px)")
+    parser.add_argument("--budget-gb", type=float, default=1.0, help="memory budget of the prediction (GiB)")
+    parser.add_argument("--depth", type=int, default=3, help="U-Net depth")
+    parser.add_argument("--width", type=int, default=1, help="U-Net width (channels of the first level)")
+    parser.add_argument("--workers", type=int, default=2, help="worker threads")
+    parser.add_argument("--output-format", choices=["foreground", "labels", "probs"], default="labels",
+                        help="what the output stores")
     parser.add_argument("--dir", default=None, help="scratch folder for the volume (default: the temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the volume and the output")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     a = parser.parse_args(argv)
     r = run(a.slices, a.size, a.dtype, a.block, a.budget_gb, a.depth, a.width, a.workers, a.output_format,
             a.dir, a.keep)
@@ -132,8 +141,7 @@ def main(argv=None):
           f"{r['in_memory_bytes'] / gib:.1f} GiB)")
     print(f"blocks {r['blocks']} of {r['block']}^2, tile {r['tile']}, U-Net depth {r['depth']} width "
           f"{r['width']}, {r['workers']} worker threads")
-    print(f"peak RSS {r['peak_rss_bytes'] / gib:.3f} GiB, budget {r['budget_bytes'] / gib:.2f} GiB: "
-          f"{'under' if r['under_budget'] else 'OVER'} the budget")
+    print(target_line("peak RSS", r["peak_rss_bytes"] / gib, r["budget_bytes"] / gib, " GiB"))
     print(f"predicted in {r['predict_s']:.1f} s: {r['mpx_per_s']:.3g} Mpx/s, {r['mpx_per_s_per_core']:.3g} "
           f"Mpx/s per core ({r['cores']} cores); volume written in {r['write_volume_s']:.1f} s")
     if a.json:

@@ -232,9 +232,8 @@ def summary(records):
     return out
 
 
-def main(argv=None):
-    from minunet.benchmarks.kernels import format_row, header
-    from minunet.errors import UserError
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1 and 16)")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per op (median reported)")
@@ -243,6 +242,13 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--conv-tile", help="BM,BN,BK,TM,TN tile of the convolution kernels")
     parser.add_argument("--json", metavar="FILE", help="write the records as JSON")
+    return parser
+
+
+def main(argv=None):
+    from minunet.benchmarks.kernels import format_row, header
+    from minunet.errors import UserError
+    parser = arguments()
     args = parser.parse_args(argv)
     conv_tile = tuple(int(v) for v in args.conv_tile.split(",")) if args.conv_tile else None
     records = []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet.benchmarks.targets import verdict
 from minunet.data.isbi import isbi_dir
 
 ISBI = isbi_dir()
@@ -79,21 +80,28 @@ def run(repeat=5, isbi=ISBI, step_ms=200.0, loop_samples=20, workers=1):
 
 def table(records):
     """The records as a plain-text table."""
-    lines = [f"{'benchmark':<46} {'wall':>10} {'cpu':>10} {'target':>10}  source"]
+    lines = [f"{'benchmark':<46} {'wall':>10} {'cpu':>10} {'target':>10}  {'verdict':<8} source"]
     for r in records:
         cpu = "-" if r["cpu"] is None else format(r["cpu"], ".3g")
         lines.append(f"{r['name']:<46} {r['value']:>8.3g} {r['unit']:<2}{cpu:>8} {r['unit']:<2}"
-                     f"{'<= ' + format(r['target'], 'g'):>9} {r['unit']:<2} {r['source']}")
+                     f"{'<= ' + format(r['target'], 'g'):>9} {r['unit']:<2} {verdict(r['value'], r['target']):<8} "
+                     f"{r['source']}")
     return "\n".join(lines)
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="FILE", help="write the records as JSON")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--isbi", default=str(ISBI), help="ISBI 2012 folder (label slice 0 is used)")
     parser.add_argument("--step-ms", type=float, default=200.0, help="simulated training step (ms)")
     parser.add_argument("--workers", type=int, default=1, help="background sample workers")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
     records = run(args.repeat, args.isbi, args.step_ms, workers=args.workers)
     print(table(records))

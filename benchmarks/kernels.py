@@ -18,7 +18,10 @@ import sys
 
 import numpy as np
 
+from minunet.benchmarks.targets import target_line
 from minunet.benchmarks.timing import interleaved
+
+KERNEL_SUM_TARGET = 1.0          # minunet's kernel time over PyTorch's, summed over the layer shapes
 
 
 def network_ops(tile=572, width=64, depth=5, in_channels=1, classes=2, up_kernel=2):
@@ -239,18 +242,25 @@ def header():
             f"{'GF/s mu':>8s} {'GF/s pt':>8s}")
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "reference"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "reference"],
+                        help="backend to time (cuda: against cuDNN, see cuda_kernels.py)")
     parser.add_argument("--json", metavar="FILE", help="write the records as JSON")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per op (median reported)")
-    parser.add_argument("--tile", type=int, default=572)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--tile", type=int, default=572, help="input tile of the network whose layers are timed")
+    parser.add_argument("--width", type=int, default=64, help="channels of the first level (64: the paper)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="array type")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args, rest = parser.parse_known_args(argv)
     if args.device == "cuda":
         # GPU timing needs CUDA events and cuDNN settings of its own: benchmarks/cuda_kernels.py.
-        from benchmarks import cuda_kernels
+        from minunet.benchmarks import cuda_kernels
         forwarded = ["--repeat", str(args.repeat), "--tile", str(args.tile), "--width", str(args.width)]
         return cuda_kernels.main(forwarded + (["--json", args.json] if args.json else []) + rest)
     if rest:
@@ -261,6 +271,7 @@ def main(argv=None):
     total_mine = sum(r["minunet_ms"] for r in records)
     total_torch = sum(r["torch_ms"] for r in records)
     print(f"{'sum over distinct shapes':59s} {total_mine:10.2f} {total_torch:10.2f} {total_mine / total_torch:6.2f}")
+    print(target_line("kernel time / PyTorch's, summed over the shapes", total_mine / total_torch, KERNEL_SUM_TARGET))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -91,7 +91,8 @@ def format_table(r):
         f"(torch threads: {r['torch_threads']})"])
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--tile", type=int, default=572)
@@ -101,6 +102,11 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per library (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
     from minunet.benchmarks.train_step import cuda_missing
     missing = cuda_missing(args.device)

@@ -199,7 +199,8 @@ def cuda_missing(device):
     return None if ok else f"--device cuda needs a CUDA GPU and the [cuda] extra: pip install 'minunet[cuda]' (missing: {why})"
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--tile", type=int, default=572)
@@ -212,6 +213,11 @@ def main(argv=None):
     parser.add_argument("--tuned-malloc", action="store_true",
                         help="tune glibc malloc to reuse freed memory for the timed steps (both libraries)")
     parser.add_argument("--child", choices=["minunet", "torch"], help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
     missing = cuda_missing(args.device)
     if missing:
