@@ -1,20 +1,16 @@
 """``minunet data``: convert image/label stacks to HDF5, inspect a data file, make synthetic data."""
-import sys
 import time
 from pathlib import Path
 
 import click
 
+from minunet.cli.progress import iterate
 from minunet.errors import UserError
 
 
 def _progress(iterable, label, length):
-    """Wrap a long loop in a progress bar on stderr, when stderr is a terminal (not in logs)."""
-    if not sys.stderr.isatty():
-        yield from iterable
-        return
-    with click.progressbar(iterable, length=length, label=label.ljust(16), file=sys.stderr) as bar:
-        yield from bar
+    """A long loop with its progress on stderr (a line redrawn on a terminal, lines in a log)."""
+    yield from iterate(iterable, label, length)
 
 
 @click.group()
@@ -74,16 +70,19 @@ def convert(images, labels, out, classes, names, no_labels, w0, sigma, force):
 
 
 @data.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 def info(file):
-    """Print a summary of a minunet data FILE.h5 (shapes, classes, weights, sources).
+    """Say what FILE is: a data file (shapes, classes, weights, sources), a checkpoint (its
+    network and iteration), a prediction (shape and classes), a TIFF/PNG stack or a Zarr store.
 
     \b
-    Example:
+    Examples:
       minunet data info isbi.h5
+      minunet data info runs/isbi/best.h5
+      minunet data info probs.zarr
     """
-    from minunet.data import datafile
-    click.echo(datafile.info(file))
+    from minunet.inference.describe import describe
+    click.echo(describe(file))
 
 
 @data.command()

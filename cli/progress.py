@@ -1,8 +1,9 @@
 """Progress of long work on stderr, the same for every command.
 
 On a terminal one line is redrawn in place (at most 10 times a second); in a log (stderr redirected
-to a file or a pipe) a plain line is written every ``LOG_EVERY_S`` seconds and at the end, so that a
-batch job's log shows the work advancing; with ``quiet`` nothing is shown. Log lines printed while
+to a file or a pipe) a plain line is written every ``LOG_EVERY_S`` seconds, and one at the end if
+any was, so that a batch job's log shows long work advancing while short work stays silent; with
+``quiet`` nothing is shown. Log lines printed while
 a bar is drawn go above it (:meth:`Progress.echo`).
 """
 import sys
@@ -11,7 +12,7 @@ import time
 import click
 
 DRAW_EVERY_S = 0.1
-LOG_EVERY_S = 30.0
+LOG_EVERY_S = 10.0
 BAR_WIDTH = 24
 
 
@@ -24,7 +25,8 @@ class Progress:
         self.tty = self.stream.isatty()
         self.log_every_s = log_every_s
         self.started = time.monotonic()
-        self._last, self._visible, self._pending = -1e9, False, None
+        self._last = -1e9 if self.tty else self.started
+        self._visible, self._pending, self._logged = False, None, False
 
     def update(self, done, total=None, detail=""):
         """Report ``done`` of ``total`` units (total None: unknown), with optional extra text."""
@@ -34,7 +36,7 @@ class Progress:
         interval = DRAW_EVERY_S if self.tty else self.log_every_s
         final = total is not None and done >= total
         self._pending = (done, total, detail)
-        if now - self._last < interval and not final:
+        if now - self._last < interval and not (final and (self.tty or self._logged)):
             return
         self._draw(done, total, detail, final)
         self._last = now
@@ -57,6 +59,7 @@ class Progress:
             self._visible = True
         else:
             self.stream.write(text + "\n")
+            self._logged = True
         self.stream.flush()
         self._pending = None
 
@@ -67,7 +70,7 @@ class Progress:
 
     def close(self):
         """Finish: a log gets its last count; a terminal line is cleared."""
-        if not self.quiet and not self.tty and self._pending is not None:
+        if not self.quiet and not self.tty and self._logged and self._pending is not None:
             self._draw(*self._pending, final=True)
         self._clear()
 

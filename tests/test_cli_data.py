@@ -158,7 +158,7 @@ def test_output_exists_needs_force(tmp_path, pair, capsys):
 def test_info_on_bad_file(tmp_path, capsys):
     (tmp_path / "x.h5").write_text("no")
     code, _, err = run(["data", "info", tmp_path / "x.h5"], capsys)
-    assert code == 2 and "not an HDF5 file" in err
+    assert code == 2 and "not an HDF5 file" in err and err.count("\n") == 1
 
 
 def test_isbi_one_command(isbi_dir, tmp_path, capsys):

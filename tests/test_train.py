@@ -271,3 +271,34 @@ def test_cuda_without_a_gpu():
     with pytest.raises(UserError, match="--device cuda"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
+
+
+# ----------------------------------------------------------------------------- degenerate models
+
+def test_a_constant_prediction_is_called_degenerate(data_file):
+    """Calling every pixel one class scores exactly the baseline and is recognised as such; the
+    truth itself is not."""
+    from minunet.training.validation import Validation, degenerate_reason
+    validation = Validation(data_file, [4], classes=2)
+    baseline = validation.baseline()
+    labels = validation.labels.astype(np.int64)
+    constant = np.zeros((1, 2) + labels.shape[1:], np.float32)
+    constant[:, 1] = 1.0
+    scores = validation.score(constant)
+    assert scores.majority_share == 1.0 and scores.key == pytest.approx(baseline.key)
+    assert "one class" in degenerate_reason(scores, baseline)
+    perfect = np.stack([labels == 0, labels == 1], axis=1).astype(np.float32)
+    scores = validation.score(perfect)
+    assert scores.rand_error < baseline.rand_error and degenerate_reason(scores, baseline) is None
+
+
+def test_log_and_summary_say_when_the_model_learned_nothing(data_file, tmp_path, monkeypatch):
+    from minunet.training.validation import Scores
+    trainer = T.Trainer(config(data_file, tmp_path, iterations=3))
+    baseline = trainer.validation.baseline()
+    stuck = Scores(baseline.pixel_error, baseline.rand_error, baseline.key, 0.995, 0.5)
+    monkeypatch.setattr(trainer, "validate", lambda: stuck)
+    trainer.run(handle_signals=False)
+    log = (tmp_path / "train.log").read_text()
+    assert "warning: the model has not learned to separate the classes yet" in log and "--optimizer adam" in log
+    assert "NO BETTER than that baseline" in trainer.summary() and "NO BETTER" in log

@@ -90,8 +90,10 @@ def degenerate_reason(scores, baseline):
     """Why these scores are those of a model that has not learned yet, or None if they are not."""
     if scores.majority_share >= ONE_CLASS:
         return f"it calls {100 * scores.majority_share:.1f}% of the validation pixels one class"
-    if scores.best_threshold is not None and scores.best_threshold in (0.0, 1.0):
-        return f"its best threshold is {scores.best_threshold:g}, an extreme: the probabilities do not separate the classes"
+    if (scores.best_threshold in (0.0, 1.0)
+            and scores.pixel_error >= baseline.pixel_error - BASELINE_MARGIN):
+        return (f"its best threshold is {scores.best_threshold:g}, an extreme, and its pixel error "
+                f"{scores.pixel_error:.4g} no better than one class's ({baseline.pixel_error:.4g})")
     if (scores.rand_error is not None and baseline.rand_error is not None
             and scores.rand_error >= baseline.rand_error - BASELINE_MARGIN):
         return (f"its Rand error {scores.rand_error:.4g} is no better than calling every pixel one class "
