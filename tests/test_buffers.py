@@ -77,8 +77,8 @@ def test_freed_memory_is_split_and_merged():
 
 
 def test_smallest_free_piece_that_fits_is_used():
-    large, keep1 = buffers.empty((BIG * 12 // 10,), np.float32), buffers.empty((BIG,), np.float32)
-    small, keep2 = buffers.empty((BIG * 11 // 10,), np.float32), buffers.empty((BIG,), np.float32)
+    large, _keep1 = buffers.empty((BIG * 12 // 10,), np.float32), buffers.empty((BIG,), np.float32)
+    small, _keep2 = buffers.empty((BIG * 11 // 10,), np.float32), buffers.empty((BIG,), np.float32)
     holes = large.ctypes.data, small.ctypes.data
     del large, small                                  # holes of 1.2 and 1.1 MB, and the arena's tail
     a = buffers.empty((BIG,), np.float32)

@@ -6,8 +6,8 @@ import tifffile
 from PIL import Image
 
 from minunet.data import imageio
-from minunet.files.atomic import write_tiff_atomic
 from minunet.errors import UserError
+from minunet.files.atomic import write_tiff_atomic
 
 
 @pytest.fixture

@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Evaluation: the ISBI 2012 metrics (pixel, Rand, warping error), V_Rand, V_Info, IoU."""

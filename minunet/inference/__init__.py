@@ -1,1 +1,1 @@
-"""inference"""
+"""Inference: overlap-tile prediction, block-wise volumes, output formats and files."""

@@ -1,1 +1,1 @@
-"""training"""
+"""Training: the loop, its settings, validation and the run directory."""
