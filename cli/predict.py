@@ -79,7 +79,8 @@ def read_input(spec, in_channels):
     """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
     from minunet.data import dataset as data
     from minunet.data.imageio import read_stack
-    raw = read_stack(spec)
+    from minunet.inference import ome_zarr
+    raw = ome_zarr.read_image(spec) if ome_zarr.is_ome_zarr(spec) else read_stack(spec)
     if in_channels != 1:
         raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
                         "input channels; use a model trained on single-channel images")
@@ -156,6 +157,9 @@ class _Progress:
               help="foreground: float32 probability of class 1 (ISBI submission format); "
                    "labels: uint8 argmax class map; probs: float32 probabilities of every class. "
                    "Default: foreground for a 2-class model, labels for more classes.")
+@click.option("--labels", is_flag=True,
+              help="OME-Zarr output (NAME.ome.zarr): also write the class map (argmax) as the image's NGFF labels "
+                   "group labels/classes, for napari.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--scheduler", default="local", show_default=True, metavar="local|ADDRESS",
               help="Zarr (block-wise) prediction: local threads, or a dask.distributed scheduler address "
@@ -163,7 +167,7 @@ class _Progress:
 @click.option("--block", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
 @click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
-def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
+def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, labels, force,
             scheduler, block, resume):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
@@ -187,20 +191,31 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     A .zarr INPUT or OUTPUT predicts block by block on Dask (volumes larger than memory): each block
     is read with its context, predicted, and written as one chunk of the Zarr OUTPUT; --resume
     skips finished blocks. See docs/scaling.md.
+
+    An OUTPUT named NAME.ome.zarr is an OME-Zarr (NGFF 0.5) image for napari and neuroglancer: all
+    class probabilities by default (channel axis c), --labels adds the class map as its labels
+    group. An OME-Zarr INPUT is read at full resolution. See docs/interop.md.
     """
-    from minunet.inference import blockwise, tiling
+    from minunet.inference import blockwise, ome_zarr, tiling
     from minunet.model.checkpoint import load_checkpoint, load_model
 
+    ngff = ome_zarr.is_output(output)
+    if labels and not ngff:
+        raise UserError(f"--labels: only for an OME-Zarr output; name it -o {Path(output).stem}.ome.zarr")
     if blockwise.wants_blockwise(input_spec, output):
         checkpoint = load_checkpoint(model_path)
         _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch,
                            pad or _trained_pad(checkpoint), tta,
-                           output_format or _default_format(checkpoint.model.get("classes", 2)),
-                           force, scheduler, block, resume)
+                           output_format or _default_format(checkpoint.model.get("classes", 2), ngff),
+                           force, scheduler, block, resume, labels)
         return
-    path, dataset = parse_output(output)
-    check_output(path, force)
-    check_not_input(path, input_spec)
+    if ngff:
+        path, dataset = Path(output), None
+        ome_zarr.check_output(path, force)
+    else:
+        path, dataset = parse_output(output)
+        check_output(path, force)
+        check_not_input(path, input_spec)
     device = resolve_device(device)
     model, checkpoint = load_model(model_path, device=device)
     if tile is not None:
@@ -209,7 +224,7 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
         except UserError as err:
             raise UserError(f"--tile: {err}") from None
     pad = pad or _trained_pad(checkpoint)
-    output_format = output_format or _default_format(model.classes)
+    output_format = output_format or _default_format(model.classes, ngff)
     stack = read_input(input_spec, model.in_channels)
     n, h, w = stack.shape
     if tile is None:
@@ -225,8 +240,13 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     finally:
         progress.close()
     single = n == 1
-    array = format_output(probs, output_format, single)
     meta = dict(model=str(model_path), input=str(input_spec), tile=tile, pad=pad, tta=tta)
+    if ngff:
+        ome_zarr.write_prediction(path, probs, output_format, labels, ome_zarr.source_space(input_spec), meta, force)
+        click.echo(f"wrote {path}: OME-Zarr image, {output_format}{' and labels/classes' if labels else ''} "
+                   f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
+        return
+    array = format_output(probs, output_format, single)
     write_output(path, dataset, array, output_format, meta)
     click.echo(f"wrote {path}{dataset or ''}: {output_format} {array.dtype} {'x'.join(map(str, array.shape))} "
                f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
@@ -237,13 +257,16 @@ def _trained_pad(checkpoint):
     return (checkpoint.extra.get("config") or {}).get("pad", "mirror")
 
 
-def _default_format(classes):
-    """Class 1's probability (the ISBI format) for two classes, the class map for more."""
+def _default_format(classes, ome_zarr=False):
+    """Every class's probability for an OME-Zarr image; else class 1's probability (the ISBI format)
+    for two classes and the class map for more."""
+    if ome_zarr:
+        return "probs"
     return "foreground" if classes == 2 else "labels"
 
 
 def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
-                       scheduler, block, resume):
+                       scheduler, block, resume, labels=False):
     """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.inference.blockwise)."""
     from minunet.inference import blockwise
     if tta:
@@ -257,7 +280,7 @@ def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad,
             bar.update(done - bar.pos)
     result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
                                       device=device, tile=tile, pad=pad, output_format=output_format,
-                                      resume=resume, overwrite=force, progress=progress, batch=batch)
+                                      resume=resume, overwrite=force, progress=progress, batch=batch, labels=labels)
     if bar is not None:
         bar.render_finish()
     click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from minunet.errors import UserError
-from minunet.inference import tiling
+from minunet.inference import ome_zarr, tiling
 
 FORMATS = ("foreground", "labels", "probs")
 DONE_DIR = ".minunet-done"          # completion markers, one empty file per finished block
@@ -68,8 +68,12 @@ def _require(module):
 # ---------------------------------------------------------------------- input and output stores
 
 def wants_blockwise(input_spec, output):
-    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr input or a Zarr output."""
-    return any(_ZARR.match(str(text).rstrip("/")) for text in (input_spec, output))
+    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr input or a Zarr output, except
+    an image file into an OME-Zarr image and an OME-Zarr image into a file (both in memory)."""
+    zarr_in, zarr_out = (bool(_ZARR.match(str(text).rstrip("/"))) for text in (input_spec, output))
+    if ome_zarr.is_output(output) and not (zarr_in or _HDF5.match(str(input_spec))):
+        return False
+    return zarr_out or (zarr_in and not ome_zarr.is_ome_zarr(input_spec))
 
 
 def split_spec(spec):
@@ -110,6 +114,8 @@ def open_volume(spec):
         ds = f[name]
         array = da.from_array(ds, chunks=ds.chunks or "auto", lock=True, asarray=False)
         close = f.close
+    elif name is None and ome_zarr.is_ome_zarr(path):     # its full-resolution level, singleton t/c dropped
+        array, close = ome_zarr.open_volume(path), lambda: None  # noqa: E731
     else:
         zarr = _require("zarr")
         try:
@@ -157,7 +163,7 @@ def prepare_output(output_path, settings, layout, resume, overwrite):
                             "(minunet deletes only its own outputs)")
         if resume:
             try:
-                previous = dict(zarr.open_array(store=str(path), mode="r").attrs).get("minunet", {})
+                previous = dict(zarr.open(store=str(path), mode="r").attrs).get("minunet", {})
             except Exception:
                 previous = {}
             differs = [f"{k} {previous.get(k)!r} vs {v!r}" for k, v in settings.items()
@@ -173,14 +179,17 @@ def prepare_output(output_path, settings, layout, resume, overwrite):
         shutil.rmtree(path)
     if not path.parent.is_dir():
         raise UserError(f"-o {path}: output folder {path.parent} does not exist; create it first")
-    shape, chunks, dtype = layout
-    zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                      attributes={"minunet": settings})
+    if callable(layout):                      # an OME-Zarr image: ome_zarr.create
+        layout(path, settings)
+    else:
+        shape, chunks, dtype = layout
+        zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                          attributes={"minunet": settings})
     (path / DONE_DIR).mkdir()
     return set()
 
 
-RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format")
+RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format", "labels")
 
 
 # ---------------------------------------------------------------------- one block
@@ -199,6 +208,7 @@ class Job:
     pad: str
     batch: int
     output_format: str
+    labels: bool = False    # OME-Zarr output: also the argmax labels group
 
 
 def cached_model(path, device):
@@ -261,6 +271,10 @@ def predict_block(job, z, by, bx):
         close()
     with _COMPUTE_LOCK:
         probs = tiling.predict_valid(model, context, job.tile, (h, w), batch=job.batch)
+    if ome_zarr.is_output(job.output_path):
+        ome_zarr.write_region(job.output_path, z if len(job.shape) == 3 else None, y0, x0, probs,
+                              job.output_format, job.labels)
+        return _mark_done(job, z, by, bx)
     out = zarr.open_array(store=job.output_path, mode="r+")
     where = (z,) if len(job.shape) == 3 else ()
     if job.output_format == "probs":
@@ -269,6 +283,10 @@ def predict_block(job, z, by, bx):
         out[where + (slice(y0, y0 + h), slice(x0, x0 + w))] = probs.argmax(axis=0).astype(np.uint8)
     else:
         out[where + (slice(y0, y0 + h), slice(x0, x0 + w))] = probs[1]
+    return _mark_done(job, z, by, bx)
+
+
+def _mark_done(job, z, by, bx):
     name = block_name(z, by, bx)
     Path(job.output_path, DONE_DIR, name).touch()        # after the data: a marker means written
     return name
@@ -295,7 +313,7 @@ def _check_block(model, block):
 
 def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="local", device="cpu",
                    tile=None, pad="mirror", output_format="foreground", resume=False, overwrite=False,
-                   progress=None, memory_budget=None, batch=4, workers=2):
+                   progress=None, memory_budget=None, batch=4, workers=2, labels=False):
     """Predict a Zarr / HDF5 image or volume block by block into a chunked Zarr array.
 
     Args:
@@ -317,6 +335,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
         memory_budget: bytes per worker process; sets the tile so that the process baseline, the
             blocks in flight and one forward pass fit. None: half the free memory for the tile.
         batch: tiles per forward pass. workers: threads of the local scheduler.
+        labels: for an OME-Zarr output (``NAME.ome.zarr``), also write the argmax as its labels group.
 
     Returns:
         dict with blocks (total), computed, skipped, tile, shape, output and seconds.
@@ -365,10 +384,17 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
                     output_format=output_format, tile=tile, device=device,
                     halo=model.geometry(tile).margin, minunet_version=__import__("minunet").__version__)
     layout = output_layout(shape, model.classes, block, output_format)
+    if ome_zarr.is_output(output_path):       # the layout of minunet.inference.ome_zarr, chunks = blocks
+        settings["labels"] = bool(labels)
+        space = ome_zarr.source_space(path)
+        layout = lambda out, attrs: ome_zarr.create(out, shape, model.classes, output_format, labels,  # noqa: E731
+                                                    space, block, attrs)
+    elif labels:
+        raise UserError(f"--labels: only for an OME-Zarr output; name it {Path(output_path).stem}.ome.zarr")
     client = _connect(scheduler)
     try:
         done = prepare_output(output_path, settings, layout, resume, overwrite)
-        job = Job(model_path, device, input_spec, output_path, shape, block, tile, pad, batch, output_format)
+        job = Job(model_path, device, input_spec, output_path, shape, block, tile, pad, batch, output_format, labels)
         return _predict_blocks(job, done, progress, scheduler, client, workers)
     finally:
         if client is not None:
