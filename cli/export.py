@@ -5,14 +5,11 @@ uses, so a file from a stranger meets the same checks before anything is exporte
 built by :mod:`minunet.export.onnx_graph`, the package by :mod:`minunet.export.bioimageio`; every
 check that can fail runs before the work, and outputs are written atomically.
 """
-import re
 from pathlib import Path
 
 import click
 
 from minunet.errors import UserError
-
-NAME = re.compile(r"^[\w\-() ]{1,64}$")       # what the bioimage.io format allows in a model name
 
 
 def check_output(path, suffix, force, option="-o"):
@@ -32,8 +29,6 @@ def package_info(model, checkpoint, name, description, authors, maintainers, lic
     from minunet.export.model_card import training_record
     if name is None:
         name = f"U-Net depth {model.depth} width {model.width} {model.classes} classes (minunet)"
-    if not NAME.match(name):
-        raise UserError(f"--name {name!r}: use at most 64 letters, digits, spaces, '_', '-' and parentheses")
     if description is None:
         data = training_record(checkpoint).get("data_file")
         description = (f"{model.classes}-class semantic segmentation of {model.in_channels}-channel 2-D images "

@@ -112,3 +112,12 @@ def test_sample_problems_are_user_errors(rng):
         bioimageio.test_input(rng.integers(0, 255, (3, 50, 50), dtype=np.uint8), 2, 44)
     with pytest.raises(UserError, match="float64"):
         bioimageio.test_input(rng.random((1, 50, 50)), 1, 44)
+
+
+@pytest.mark.parametrize("name", ["U-Ne", "bad/name", "Zellkern-Färbung U-Net", "x" * 65])
+def test_names_the_format_refuses(name):
+    from minunet.errors import UserError
+    with pytest.raises(UserError, match="--name"):
+        bioimageio.check_info(dict(INFO, name=name))
+    with pytest.raises(UserError, match="--description"):
+        bioimageio.check_info(dict(INFO, description="x" * 513))

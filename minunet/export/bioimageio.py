@@ -23,6 +23,7 @@ data's zoo record, a DOI of the weights) are left out.
 """
 import hashlib
 import io
+import re
 import zipfile
 from datetime import datetime, timezone
 
@@ -34,11 +35,22 @@ from minunet.export import model_card, onnx_graph
 FORMAT_VERSION = "0.5.4"
 TEST_TILE_MAX = 572                 # the paper's tile: a test tensor of a size every consumer handles
 COVER_MIN_HEIGHT = 256              # small outputs are enlarged (nearest neighbour) for the cover
+NAME = re.compile(r"^[A-Za-z0-9_+\-() ]{5,64}$")    # the format's alphabet and lengths for a model name
+DESCRIPTION_MAX = 512
 UNET_CITATION = {
     "text": "Ronneberger, O., Fischer, P. and Brox, T. U-Net: Convolutional Networks for Biomedical Image "
             "Segmentation. MICCAI 2015, LNCS 9351, 234-241 (arXiv:1505.04597)",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
+
+
+def check_info(info):
+    """UserError for a name or description the format refuses."""
+    if not NAME.match(info["name"]):
+        raise UserError(f"--name {info['name']!r}: use 5 to 64 ASCII letters, digits, spaces, '_', '+', '-' "
+                        "and parentheses")
+    if len(info["description"]) > DESCRIPTION_MAX:
+        raise UserError(f"--description: {len(info['description'])} characters; bioimage.io allows {DESCRIPTION_MAX}")
 
 
 def test_tile(rule, height, width, sample="--sample"):
@@ -203,6 +215,7 @@ def build_package(model, checkpoint, sample_raw, info, output="probabilities", o
     import yaml
 
     from minunet.data.dataset import normalize
+    check_info(info)
     rule = onnx_graph.tile_rule(model.depth, model.up_kernel)
     tile = test_tile(rule, *np.shape(sample_raw)[-2:], sample=sample)
     raw = test_input(sample_raw, model.in_channels, tile, sample=sample)
