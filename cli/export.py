@@ -32,7 +32,7 @@ def package_info(model, checkpoint, name, description, authors, maintainers, lic
     if description is None:
         data = training_record(checkpoint).get("data_file")
         description = (f"{model.classes}-class semantic segmentation of {model.in_channels}-channel 2-D images "
-                       f"by a U-Net trained with minunet" + (f" on {data}" if data else ""))
+                       f"by a U-Net trained with minunet" + (f" on {data}" if data else "") + ".")
     return dict(name=name, description=description, authors=list(authors), maintainers=list(maintainers),
                 license=license_)
 

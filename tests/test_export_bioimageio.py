@@ -121,3 +121,20 @@ def test_names_the_format_refuses(name):
         bioimageio.check_info(dict(INFO, name=name))
     with pytest.raises(UserError, match="--description"):
         bioimageio.check_info(dict(INFO, description="x" * 513))
+
+
+def test_training_record_names_the_data_file_not_its_folders(tmp_path, rng):
+    path = tmp_path / "model.h5"
+    config = {"data": "/home/someone/private/isbi.h5", "train_slices": "0-23", "val_slices": "24-29",
+              "optimizer": "adam", "lr": 3e-4}
+    save_checkpoint(path, UNet(depth=3, width=2, device=DEVICE), iteration=500,
+                    extra={"config": config, "best_rand_error": 0.05, "best_iteration": 400})
+    model, checkpoint = load_model(path, DEVICE)
+    files = bioimageio.build_package(model, checkpoint, rng.integers(0, 256, (1, 50, 50), dtype=np.uint8), INFO)
+    training = yaml.safe_load(files["rdf.yaml"])["config"]["minunet"]["training"]
+    assert training["data_file"] == "isbi.h5" and training["iterations"] == 500
+    assert training["best_validation_rand_error"] == 0.05 and training["best_iteration"] == 400
+    readme = files["README.md"].decode()
+    assert "500 iterations on `isbi.h5`, slices 0-23, validated on slices 24-29" in readme
+    assert "0.0500 (iteration 400)" in readme
+    assert all(b"/home/someone" not in data for data in files.values())

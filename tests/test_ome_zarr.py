@@ -128,7 +128,7 @@ def test_ome_zarr_input_is_read_at_full_resolution(tmp_path, model_file, rng, ca
     fmt = FormatV04() if version == "0.4" else FormatV05()
     group = zarr.open_group(str(source), mode="w", zarr_format=2 if version == "0.4" else 3)
     write_image(raw[None], group, scale_factors=[2], axes="czyx", fmt=fmt,
-                scale={"z": 3.0, "y": 0.5, "x": 0.5}, axes_units={"z": "nanometer", "y": "nanometer", "x": "nanometer"},
+                scale={"c": 1.0, "z": 3.0, "y": 0.5, "x": 0.5}, axes_units={"z": "nanometer", "y": "nanometer", "x": "nanometer"},
                 storage_options={"chunks": (1, 1, 32, 32)})
     probs = expected_probs(model_file, raw)
     predict([source, "-o", tmp_path / "fg.tif", "--output-format", "foreground"], capsys, model_file)  # in memory

@@ -61,22 +61,23 @@ def readme(model, checkpoint, rule, info, output):
     config = model.config()
     sizes = ", ".join(str(s) for s in rule.sizes(4))
     record = training_record(checkpoint)
+    kind = "Class probabilities (softmax)" if output == "probabilities" else "Class scores before the softmax"
     return f"""# {info['name']}
 
 {info['description']}
 
 A U-Net (Ronneberger, Fischer and Brox, MICCAI 2015) with valid (unpadded) convolutions, exported
-by minunet {__version__} as ONNX. Architecture: depth {config['depth']}, width {config['width']},
-{config['in_channels']} input channel(s), {config['classes']} classes, {config['up_kernel']}x{config['up_kernel']}
-up-convolutions, {model.num_parameters():,} parameters.
+by minunet {__version__} as ONNX: depth {config['depth']}, width {config['width']}, {config['in_channels']} input
+channel(s), {config['classes']} classes, {config['up_kernel']}x{config['up_kernel']} up-convolutions,
+{model.num_parameters():,} parameters.
 
 ## Input and output
 
-- Input `{'input'}`: (batch, channel, y, x). Height and width must each be {rule.minimum} + {rule.step} * n
+- Input `input`: (batch, channel, y, x). Height and width must each be {rule.minimum} + {rule.step} * n
   ({sizes}, ...); the network refuses other sizes.
 - Preprocessing: pixel values scaled to [0, 1] as in training (uint8 / 255, uint16 / 65535, float as is).
-- Output `{output}`: (batch, class, y, x), {rule.offset} pixels smaller than the input on every side: output pixel
-  (i, j) lies over input pixel (i + {rule.offset}, j + {rule.offset}). {'Class probabilities (softmax).' if output == 'probabilities' else 'Class scores before the softmax.'}
+- Output `{output}`: (batch, class, y, x). {kind}, {rule.offset} pixels smaller than the input
+  on every side: output pixel (i, j) lies over input pixel (i + {rule.offset}, j + {rule.offset}).
 - To segment a large image, tile it with overlapping input tiles whose outputs abut (overlap-tile
   strategy), mirroring the image beyond its border as minunet does.
 
@@ -88,6 +89,6 @@ up-convolutions, {model.num_parameters():,} parameters.
 
 Predict held-out labelled images and score them, for example with minunet:
 `minunet predict -m MODEL.h5 IMAGES -o probs.tif` then `minunet evaluate probs.tif LABELS`
-(pixel error, Rand and warping errors, IoU). The package's test input and output are minunet's own
-prediction for the centre of the sample image and agree with this ONNX model.
+(pixel error, Rand and warping errors, IoU). The package's test output is minunet's own prediction
+for its test input (the centre of the sample image), and this ONNX model reproduces it.
 """
