@@ -42,7 +42,8 @@ def package_info(model, checkpoint, name, description, authors, maintainers, lic
 @click.option("--output-file", "-o", "output_file", required=True, metavar="FILE",
               help="NAME.onnx, or NAME.zip with --bioimageio.")
 @click.option("--bioimageio", is_flag=True,
-              help="Write a bioimage.io model package (zip) instead of a bare ONNX file; needs --sample.")
+              help="Write a bioimage.io model package (zip) instead of a bare ONNX file; needs --sample, "
+                   "--author and --license.")
 @click.option("--output", type=click.Choice(["probabilities", "logits"]), default="probabilities", show_default=True,
               help="What the graph returns: softmax class probabilities (as minunet predict) or raw class scores.")
 @click.option("--opset", type=int, default=17, show_default=True,
@@ -53,11 +54,11 @@ def package_info(model, checkpoint, name, description, authors, maintainers, lic
 @click.option("--name", default=None, help="bioimage.io: model name (default: from the architecture).")
 @click.option("--description", default=None, help="bioimage.io: one-sentence description (default: from the model).")
 @click.option("--author", "authors", multiple=True, metavar="NAME",
-              help="bioimage.io: an author's name (repeat for several); the zoo asks for at least one.")
+              help="bioimage.io, required: an author's name (repeat for several).")
 @click.option("--maintainer", "maintainers", multiple=True, metavar="GITHUB_USER",
               help="bioimage.io: a maintainer's GitHub user name (repeatable); the zoo asks for one.")
 @click.option("--license", "license_", default=None, metavar="SPDX",
-              help="bioimage.io: the weights' license as an SPDX id (e.g. CC-BY-4.0, MIT); the zoo asks for one.")
+              help="bioimage.io, required: the weights' license as an SPDX id (e.g. CC-BY-4.0, MIT).")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite FILE if it exists.")
 def export(model_path, output_file, bioimageio, output, opset, sample, name, description, authors, maintainers,
            license_, force):
@@ -88,9 +89,12 @@ def export(model_path, output_file, bioimageio, output, opset, sample, name, des
                                           ("--license", license_)) if value]
         if given:
             raise UserError(f"{given[0]}: only for a bioimage.io package; add --bioimageio and name the output .zip")
-    elif sample is None:
-        raise UserError("--bioimageio needs --sample IMAGE: an image like those the model segments "
-                        "(its centre becomes the package's test input and cover)")
+    else:
+        if sample is None:
+            raise UserError("--bioimageio needs --sample IMAGE: an image like those the model segments "
+                            "(its centre becomes the package's test input and cover)")
+        from minunet.export.bioimageio import check_people
+        check_people(authors, license_)
     onnx_graph.require_onnx()
     model, checkpoint = load_model(model_path, device="cpu")
     rule = onnx_graph.tile_rule(model.depth, model.up_kernel)
@@ -112,7 +116,6 @@ def _export_package(model, checkpoint, path, sample, output, opset, force, info)
     bioimageio.write_zip(path, files, force)
     click.echo(f"wrote {path}: bioimage.io model ({', '.join(files)}); check it with: bioimageio test {path}",
                err=True)
-    missing = [flag for flag, key in (("--author", "authors"), ("--maintainer", "maintainers"),
-                                      ("--license", "license")) if not info[key]]
-    if missing:
-        click.echo(f"note: before uploading to the bioimage.io zoo, add {', '.join(missing)}", err=True)
+    if not info["maintainers"]:
+        click.echo("note: the bioimage.io zoo asks for a maintainer before upload: add --maintainer GITHUB_USER",
+                   err=True)

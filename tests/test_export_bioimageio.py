@@ -121,6 +121,9 @@ def test_names_the_format_refuses(name):
         bioimageio.check_info(dict(INFO, name=name))
     with pytest.raises(UserError, match="--description"):
         bioimageio.check_info(dict(INFO, description="x" * 513))
+    for missing in ({"authors": []}, {"license": None}):
+        with pytest.raises(UserError, match="needs --author NAME and --license"):
+            bioimageio.check_info(dict(INFO, **missing))
 
 
 def test_training_record_names_the_data_file_not_its_folders(tmp_path, rng):

@@ -55,7 +55,7 @@ def test_bioimageio_export(tmp_path, model_file, sample_png, capsys):
         assert archive.namelist()[0] == "rdf.yaml"
         rdf = archive.read("rdf.yaml").decode()
     assert "Ada Lovelace" in rdf and "CC-BY-4.0" in rdf and "U-Net depth 3 width 2 3 classes (minunet)" in rdf
-    assert "note: before uploading to the bioimage.io zoo, add --maintainer" in err
+    assert "note: the bioimage.io zoo asks for a maintainer before upload: add --maintainer GITHUB_USER" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5", "sample.png", "unet.zip"]
 
 
@@ -91,7 +91,14 @@ def test_a_strangers_file_is_refused_as_predict_refuses_it(tmp_path, capsys):
     (["-o", "{tmp}/unet.onnx", "--sample", "{tmp}/sample.png"], ["--sample", "--bioimageio"]),
     (["-o", "{tmp}/unet.onnx", "--author", "X"], ["--author", "--bioimageio"]),
     (["--bioimageio", "-o", "{tmp}/unet.zip"], ["--bioimageio needs --sample"]),
-    (["--bioimageio", "-o", "{tmp}/unet.zip", "--sample", "{tmp}/sample.png", "--name", "bad/name"], ["--name"]),
+    (["--bioimageio", "-o", "{tmp}/unet.zip", "--sample", "{tmp}/sample.png", "--license", "MIT"],
+     ["--bioimageio needs --author NAME and --license"]),
+    (["--bioimageio", "-o", "{tmp}/unet.zip", "--sample", "{tmp}/sample.png", "--author", "A"],
+     ["--bioimageio needs --author NAME and --license"]),
+    (["--bioimageio", "-o", "{tmp}/unet.zip", "--sample", "{tmp}/sample.png", "--author", "A", "--license",
+      "MIT License"], ["--license 'MIT License'", "SPDX"]),
+    (["--bioimageio", "-o", "{tmp}/unet.zip", "--sample", "{tmp}/sample.png", "--author", "A", "--license", "MIT",
+      "--name", "bad/name"], ["--name"]),
     (["-o", "{tmp}/unet.onnx", "--opset", "12"], ["--opset 12", "17"]),
 ])
 def test_mistakes_are_one_line_errors(tmp_path, model_file, sample_png, capsys, args, fragments):
@@ -116,7 +123,8 @@ def test_sample_smaller_than_a_tile(tmp_path, model_file, capsys):
     from PIL import Image
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((30, 90), np.uint8)).save(small)
-    code, _, err = run(["export", model_file, "--bioimageio", "--sample", small, "-o", tmp_path / "u.zip"], capsys)
+    code, _, err = run(["export", model_file, "--bioimageio", "--sample", small, "-o", tmp_path / "u.zip",
+                        "--author", "A", "--license", "MIT"], capsys)
     assert_one_line_error(code, err, f"--sample {small}", "30x90", "44x44")
     assert not (tmp_path / "u.zip").exists()
 

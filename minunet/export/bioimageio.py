@@ -32,10 +32,13 @@ import numpy as np
 from minunet.errors import UserError
 from minunet.export import model_card, onnx_graph
 
+# 0.5.4 rather than the newest: bioimageio.spec releases from 0.5.3.6 on read it (checked by hand), and
+# every field used here exists in it; it requires authors and a license, which the newest makes optional.
 FORMAT_VERSION = "0.5.4"
 TEST_TILE_MAX = 572                 # the paper's tile: a test tensor of a size every consumer handles
 COVER_MIN_HEIGHT = 256              # small outputs are enlarged (nearest neighbour) for the cover
 NAME = re.compile(r"^[A-Za-z0-9_+\-() ]{5,64}$")    # the format's alphabet and lengths for a model name
+SPDX_ID = re.compile(r"^[A-Za-z0-9.+\-]+$")
 DESCRIPTION_MAX = 512
 UNET_CITATION = {
     "text": "Ronneberger, O., Fischer, P. and Brox, T. U-Net: Convolutional Networks for Biomedical Image "
@@ -44,8 +47,18 @@ UNET_CITATION = {
 }
 
 
+def check_people(authors, license_):
+    """UserError unless there is an author and an SPDX license id (the format requires both)."""
+    if not authors or not license_:
+        raise UserError("--bioimageio needs --author NAME and --license SPDX_ID (model format 0.5.4 requires "
+                        "both), e.g. --author 'Jane Doe' --license CC-BY-4.0")
+    if not SPDX_ID.match(license_):
+        raise UserError(f"--license {license_!r}: give an SPDX license id such as CC-BY-4.0 or MIT")
+
+
 def check_info(info):
-    """UserError for a name or description the format refuses."""
+    """UserError for a name, description, author list or license the format refuses or requires."""
+    check_people(info.get("authors"), info.get("license"))
     if not NAME.match(info["name"]):
         raise UserError(f"--name {info['name']!r}: use 5 to 64 ASCII letters, digits, spaces, '_', '+', '-' "
                         "and parentheses")
@@ -167,10 +180,10 @@ def description(model, checkpoint, rule, info, files, dtype, output, opset):
         "type": "model",
         "name": info["name"],
         "description": info["description"],
-        "authors": [{"name": author} for author in info.get("authors", ())],
+        "authors": [{"name": author} for author in info["authors"]],
         "maintainers": [{"github_user": user} for user in info.get("maintainers", ())],
         "cite": [UNET_CITATION],
-        "license": info.get("license"),
+        "license": info["license"],
         "documentation": "README.md",
         "covers": ["cover.png"],
         "tags": ["unet", "semantic-segmentation", "2d", "onnx", "minunet"],
