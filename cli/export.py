@@ -47,7 +47,7 @@ def package_info(model, checkpoint, name, description, authors, maintainers, lic
 @click.option("--output", type=click.Choice(["probabilities", "logits"]), default="probabilities", show_default=True,
               help="What the graph returns: softmax class probabilities (as minunet predict) or raw class scores.")
 @click.option("--opset", type=int, default=17, show_default=True,
-              help="ONNX opset to declare: 17 (onnxruntime 1.12 and newer run it) up to the newest the installed onnx knows.")
+              help="ONNX opset to declare: from 17 (widely supported) to the newest the installed onnx knows.")
 @click.option("--sample", metavar="IMAGE",
               help="bioimage.io: an image like those the model segments (any input minunet predict reads; "
                    "one page per channel for multi-channel models). Its centre becomes the test input and cover.")
