@@ -18,6 +18,7 @@ from minunet.model import geometry  # noqa: E402
 from minunet.model.checkpoint import load_model, save_checkpoint  # noqa: E402
 from minunet.model.unet import UNet  # noqa: E402
 from tests.backends import fast_device  # noqa: E402
+from tests.test_export_onnx import with_random_biases  # noqa: E402
 
 DEVICE = fast_device()
 INFO = dict(name="minunet test U-Net", description="A U-Net exported by the test suite.",
@@ -33,7 +34,7 @@ VARIANTS = [
 def package(tmp_path, rng, network, dtype, output, size=(70, 90), info=INFO):
     """Build, write and reopen a package: (zip path, {name: bytes}, rdf dict, model)."""
     path = tmp_path / "model.h5"
-    save_checkpoint(path, UNet(device=DEVICE, seed=int(rng.integers(1 << 30)), **network))
+    save_checkpoint(path, with_random_biases(UNet(device=DEVICE, seed=int(rng.integers(1 << 30)), **network), rng))
     model, checkpoint = load_model(path, DEVICE)
     channels = model.in_channels
     sample = rng.integers(0, np.iinfo(dtype).max, (channels,) + size, dtype=dtype, endpoint=True)
