@@ -10,8 +10,8 @@ saves a tiny random U-Net (depth 3, width 1: cheap enough that a 2-core machine 
 volume in a few minutes; memory per block does not depend on the network's width beyond the
 forward pass, which ``--budget-gb`` bounds through the tile size), then runs
 :func:`minunet.inference.blockwise.predict_volume` in a child process with ``memory_budget`` = the budget and
-reads that child's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, also
-cross-checked with ``RUSAGE_CHILDREN`` in the parent). Reported: volume bytes, what in-memory
+reads that child's peak resident set size (``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would
+carry over the parent's peak, which Linux keeps across the child's exec). Reported: volume bytes, what in-memory
 prediction would hold (float32 input + K float32 probabilities per pixel), peak RSS, whether it is
 under the budget, seconds, megapixels per second and per core (cores = CPUs this process may use).
 The volume and output are deleted afterwards unless ``--keep``.
@@ -62,8 +62,17 @@ def _child(args, queue):
                                       device="cpu", output_format=args["output_format"], overwrite=True,
                                       memory_budget=args["budget"], workers=args["workers"])
     result["wall_s"] = time.perf_counter() - start
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+    result["peak_rss"] = _peak_rss_bytes()
     queue.put(result)
+
+
+def _peak_rss_bytes():
+    """This process's own peak resident set size (VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024        # not Linux: the nearest figure
 
 
 def run(slices=8, size=8192, dtype="float32", block=1024, budget_gb=1.0, depth=3, width=1, workers=2,

@@ -6,7 +6,7 @@
 The paper's network (depth 5, width 64, 2 classes) with random He-initialised weights; PyTorch
 holds a copy of the same weights (``minunet.benchmarks.torch_unet.TorchUNet.from_minunet``). Both predict
 the same image with the same tiles: 572 input tiles, 388 output pixels each, so a 512x512 image
-takes 2x2 = 4 tiles, cut from the same mirror-extended image by :func:`minunet.inference.tiling.extend`,
+takes 2x2 = 4 tiles, cut from the same mirror-extended image by :func:`minunet.data.padding.extend`,
 ``--batch`` tiles per forward pass, softmax, pasted into the probability map. Timed end to end,
 interleaved (minunet, torch, minunet, ...) after ``--warmup`` runs each; the median of
 ``--repeat`` runs is reported with the ratio minunet / torch (below 1: minunet faster). The two

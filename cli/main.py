@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "train": ("minunet.cli.train", "train", "Train a U-Net on an HDF5 data file."),
     "predict": ("minunet.cli.predict", "predict", "Segment images with a trained model (overlap-tile)."),
     "evaluate": ("minunet.cli.evaluate", "evaluate", "Score predictions: pixel, Rand and warping error, IoU."),
+    "export": ("minunet.cli.export", "export", "Export a model as ONNX or a bioimage.io package (Fiji, ilastik)."),
     "bench": ("minunet.cli.bench", "bench", "Benchmark kernels and training steps against PyTorch."),
 }
 

@@ -34,6 +34,9 @@ from minunet.inference.outputs import FORMATS
               help="foreground: float32 probability of class 1 (ISBI submission format); "
                    "labels: uint8 argmax class map; probs: float32 probabilities of every class. "
                    "Default: foreground for a 2-class model, labels for more classes.")
+@click.option("--labels", is_flag=True,
+              help="OME-Zarr output (NAME.ome.zarr): also write the class map (argmax) as the image's NGFF labels "
+                   "group labels/classes, for napari.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--scheduler", default="local", show_default=True, metavar="local|ADDRESS",
               help="Zarr (block-wise) prediction: local threads, or a dask.distributed scheduler address "
@@ -42,7 +45,7 @@ from minunet.inference.outputs import FORMATS
               help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
 @click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary line.")
-def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
+def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, labels, force,
             scheduler, block, resume, quiet):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
@@ -66,6 +69,10 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     A .zarr INPUT or OUTPUT predicts block by block on Dask (volumes larger than memory): each block
     is read with its context, predicted, and written as one chunk of the Zarr OUTPUT; --resume
     skips finished blocks. See docs/scaling.md.
+
+    An OUTPUT named NAME.ome.zarr is an OME-Zarr (NGFF 0.5) image for napari and neuroglancer: all
+    class probabilities by default (channel axis c), --labels adds the class map as its labels
+    group. An OME-Zarr INPUT is read at full resolution. See docs/interop.md.
     """
     from minunet.inference import blockwise
     from minunet.inference.run import Request, predict_to_file
@@ -73,9 +80,9 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     device = resolve_device(device)
     if blockwise.wants_blockwise(input_spec, output):
         _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format,
-                           force, scheduler, block, resume, quiet)
+                           force, scheduler, block, resume, quiet, labels)
         return
-    request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force)
+    request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force, labels)
     with Progress("predicting: tiles", quiet=quiet) as progress:
         announce_compilation(device, progress.echo, quiet)
         line = predict_to_file(request, progress=progress.update)
@@ -84,21 +91,23 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
 
 
 def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
-                       scheduler, block, resume, quiet):
+                       scheduler, block, resume, quiet, labels):
     """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.inference.blockwise)."""
-    from minunet.inference import blockwise, outputs
+    from minunet.inference import blockwise, ome_zarr, outputs
     from minunet.inference.run import trained_pad
     from minunet.model.checkpoint import load_checkpoint
     if tta:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
     checkpoint = load_checkpoint(model_path)
     pad = pad or trained_pad(checkpoint)
-    output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2))
+    output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2),
+                                                            ome=ome_zarr.is_output(output))
     with Progress("predicting: blocks", quiet=quiet) as progress:
         announce_compilation(device, progress.echo, quiet)
         result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
                                           device=device, tile=tile, pad=pad, output_format=output_format,
-                                          resume=resume, overwrite=force, progress=progress.update, batch=batch)
+                                          resume=resume, overwrite=force, progress=progress.update, batch=batch,
+                                          labels=labels)
     if not quiet:
         click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "
                    f"{result['computed']} block(s) predicted, {result['skipped']} skipped (tile {result['tile']})",

@@ -1,4 +1,4 @@
-"""minunet.data.dataset: the HDF5 format, conversion from TIFF/PNG, the tile sampler and validation slices."""
+"""minunet.data (datafile, convert, sampler): the HDF5 format, conversion from TIFF/PNG, the tile sampler and validation slices."""
 import h5py
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ Each block is one Dask task, independent of all others (no data moves between wo
    = (input tile - output tile) / 2 pixels on top and left (:attr:`minunet.model.geometry.Geometry.margin`),
    and on bottom and right whatever the block's last tiles reach (:func:`minunet.inference.tiling.context_size`).
    Inside the volume the halo is real neighbouring data; beyond the volume's border it is mirrored
-   with :func:`minunet.inference.tiling.mirror_index` in *volume* coordinates (NumPy "reflect", the border
+   with :func:`minunet.data.padding.mirror_index` in *volume* coordinates (NumPy "reflect", the border
    pixel not repeated, as in-memory prediction does; Dask's ``boundary="reflect"`` repeats it, so
    ``map_overlap`` is not used) or zero (``pad="zero"``);
 2. normalise it as training did (:func:`minunet.data.datafile.normalize`) and predict it with the
@@ -43,7 +43,7 @@ import numpy as np
 from minunet.data.padding import check_pad, mirror_index
 from minunet.errors import UserError
 from minunet.files.specs import is_zarr, parse_spec
-from minunet.inference import outputs, tiling
+from minunet.inference import ome_zarr, outputs, tiling
 from minunet.model import geometry
 
 DONE_DIR = ".minunet-done"          # completion markers, one empty file per finished block
@@ -67,9 +67,13 @@ def _require(module):
 # ---------------------------------------------------------------------- input and output stores
 
 def wants_blockwise(input_spec, output):
-    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr input, or an HDF5 volume
-    into a Zarr output (images from TIFF or PNG files are predicted in memory, whatever the output)."""
-    return is_zarr(input_spec) or (is_zarr(output) and parse_spec(input_spec).kind == "hdf5")
+    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr or HDF5 volume into a Zarr
+    output, or a plain Zarr input. Images from TIFF or PNG files go into any output in memory, and so
+    does an OME-Zarr image into a file."""
+    zarr_in, zarr_out = is_zarr(input_spec), is_zarr(output)
+    if zarr_out:
+        return parse_spec(input_spec).kind != "file"
+    return zarr_in and not ome_zarr.is_ome_zarr(input_spec)
 
 
 def split_spec(spec):
@@ -106,6 +110,8 @@ def open_volume(spec):
         ds = f[name]
         array = da.from_array(ds, chunks=ds.chunks or "auto", lock=True, asarray=False)
         close = f.close
+    elif name is None and ome_zarr.is_ome_zarr(path):     # its full-resolution level, singleton t/c dropped
+        array, close = ome_zarr.open_volume(path), lambda: None  # noqa: E731
     else:
         zarr = _require("zarr")
         try:
@@ -152,7 +158,7 @@ def prepare_output(output_path, settings, layout, resume, overwrite):
                             "(minunet deletes only its own outputs)")
         if resume:
             try:
-                previous = dict(zarr.open_array(store=str(path), mode="r").attrs).get("minunet", {})
+                previous = dict(zarr.open(store=str(path), mode="r").attrs).get("minunet", {})
             except Exception:
                 previous = {}
             differs = [f"{k} {previous.get(k)!r} vs {v!r}" for k, v in settings.items()
@@ -168,14 +174,17 @@ def prepare_output(output_path, settings, layout, resume, overwrite):
         shutil.rmtree(path)
     if not path.parent.is_dir():
         raise UserError(f"-o {path}: output folder {path.parent} does not exist; create it first")
-    shape, chunks, dtype = layout
-    zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                      attributes={"minunet": settings})
+    if callable(layout):                      # an OME-Zarr image: ome_zarr.create
+        layout(path, settings)
+    else:
+        shape, chunks, dtype = layout
+        zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                          attributes={"minunet": settings})
     (path / DONE_DIR).mkdir()
     return set()
 
 
-RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format")
+RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format", "labels")
 
 
 # ---------------------------------------------------------------------- one block
@@ -194,6 +203,7 @@ class Job:
     pad: str
     batch: int
     output_format: str
+    labels: bool = False    # OME-Zarr output: also the argmax labels group
 
 
 def cached_model(path, device):
@@ -256,11 +266,19 @@ def predict_block(job, z, by, bx):
         close()
     with _COMPUTE_LOCK:
         probs = tiling.predict_valid(model, context, job.tile, (h, w), batch=job.batch)
+    if ome_zarr.is_output(job.output_path):
+        ome_zarr.write_region(job.output_path, z if len(job.shape) == 3 else None, y0, x0, probs,
+                              job.output_format, job.labels)
+        return _mark_done(job, z, by, bx)
     out = zarr.open_array(store=job.output_path, mode="r+")
     where = (z,) if len(job.shape) == 3 else ()
     classes = (slice(None),) if job.output_format == "probs" else ()
     out[where + classes + (slice(y0, y0 + h), slice(x0, x0 + w))] = \
         outputs.format_probabilities(probs, job.output_format, class_axis=0)
+    return _mark_done(job, z, by, bx)
+
+
+def _mark_done(job, z, by, bx):
     name = block_name(z, by, bx)
     Path(job.output_path, DONE_DIR, name).touch()        # after the data: a marker means written
     return name
@@ -287,7 +305,7 @@ def _check_block(model, block):
 
 def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="local", device="cpu",
                    tile=None, pad="mirror", output_format="foreground", resume=False, overwrite=False,
-                   progress=None, memory_budget=None, batch=4, workers=2):
+                   progress=None, memory_budget=None, batch=4, workers=2, labels=False):
     """Predict a Zarr / HDF5 image or volume block by block into a chunked Zarr array.
 
     Args:
@@ -309,6 +327,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
         memory_budget: bytes per worker process; sets the tile so that the process baseline, the
             blocks in flight and one forward pass fit. None: half the free memory for the tile.
         batch: tiles per forward pass. workers: threads of the local scheduler.
+        labels: for an OME-Zarr output (``NAME.ome.zarr``), also write the argmax as its labels group.
 
     Returns:
         dict with blocks (total), computed, skipped, tile, shape, output and seconds.
@@ -354,10 +373,17 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
                     output_format=output_format, tile=tile, device=device,
                     halo=model.geometry(tile).margin, minunet_version=__import__("minunet").__version__)
     layout = output_layout(shape, model.classes, block, output_format)
+    if ome_zarr.is_output(output_path):       # the layout of minunet.inference.ome_zarr, chunks = blocks
+        settings["labels"] = bool(labels)
+        space = ome_zarr.source_space(path)
+        layout = lambda out, attrs: ome_zarr.create(out, shape, model.classes, output_format, labels,  # noqa: E731
+                                                    space, block, attrs)
+    elif labels:
+        raise UserError(f"--labels: only for an OME-Zarr output; name it {Path(output_path).stem}.ome.zarr")
     client = _connect(scheduler)
     try:
         done = prepare_output(output_path, settings, layout, resume, overwrite)
-        job = Job(model_path, device, input_spec, output_path, shape, block, tile, pad, batch, output_format)
+        job = Job(model_path, device, input_spec, output_path, shape, block, tile, pad, batch, output_format, labels)
         return _predict_blocks(job, done, progress, scheduler, client, workers)
     finally:
         if client is not None:

@@ -24,8 +24,11 @@ FORMATS = ("foreground", "labels", "probs")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def default_format(classes):
-    """Class 1's probability (the ISBI format) for two classes, the class map for more."""
+def default_format(classes, ome=False):
+    """Every class's probability for an OME-Zarr image (viewers show the classes as channels); else
+    class 1's probability (the ISBI format) for two classes and the class map for more."""
+    if ome:
+        return "probs"
     return "foreground" if classes == 2 else "labels"
 
 
@@ -59,15 +62,20 @@ def check_output(spec, inputs, force, option="-o"):
     if kind == "file" and path.suffix.lower() not in TIFF_SUFFIXES:
         raise UserError(f"{option} {spec}: unsupported output type; end the name in .tif, .tiff, .h5 "
                         "(optionally .h5:/dataset) or .zarr")
-    for given in inputs:
-        if same_file(spec, given):
-            raise UserError(f"{option} {spec}: is an input of this command ({given}); write the output "
-                            "to another file")
+    check_not_input(spec, inputs, option)
     if path.is_dir() and kind != "zarr":
         raise UserError(f"{option} {spec}: is a folder; name an output file such as {path / 'probs.tif'}")
     if path.exists() and not force and kind != "hdf5":
         raise UserError(f"{option} {spec}: output exists; pass --force to overwrite it or choose another name")
     check_output_folder(path, option)
+
+
+def check_not_input(spec, inputs, option="-o"):
+    """Refuse an output that is one of the command's inputs (the model included)."""
+    for given in inputs:
+        if same_file(spec, given):
+            raise UserError(f"{option} {spec}: is an input of this command ({given}); write the output "
+                            "to another file")
 
 
 def write_output(spec, array, output_format, meta, force=False):

@@ -5,13 +5,14 @@ the network does, and a failure leaves no output behind. Block-wise prediction o
 than memory (:mod:`minunet.inference.blockwise`) shares the output formats and checks.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from minunet.data.datafile import normalize
 from minunet.data.imageio import read_stack
 from minunet.errors import UserError
-from minunet.inference import outputs, tiling
+from minunet.inference import ome_zarr, outputs, tiling
 from minunet.model.checkpoint import load_model
 
 
@@ -29,6 +30,7 @@ class Request:
     tta: bool = False
     output_format: str = None
     force: bool = False
+    labels: bool = False          # OME-Zarr outputs: also the class map as an NGFF labels group
 
 
 def trained_pad(checkpoint):
@@ -38,7 +40,7 @@ def trained_pad(checkpoint):
 
 def read_input(spec, in_channels):
     """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
-    raw = read_stack(spec)
+    raw = ome_zarr.read_image(spec) if ome_zarr.is_ome_zarr(spec) else read_stack(spec)
     if in_channels != 1:
         raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
                         "input channels; use a model trained on single-channel images")
@@ -51,7 +53,14 @@ def predict_to_file(request, progress=None):
     ``progress(done, total)`` follows the tiles.
     """
     r = request
-    outputs.check_output(r.output_spec, [r.input_spec, r.model_path], r.force)
+    ngff = ome_zarr.is_output(r.output_spec)
+    if r.labels and not ngff:
+        raise UserError(f"--labels: only for an OME-Zarr output; name it -o {Path(r.output_spec).stem}.ome.zarr")
+    if ngff:
+        outputs.check_not_input(r.output_spec, [r.input_spec, r.model_path])
+        ome_zarr.check_output(Path(r.output_spec), r.force)
+    else:
+        outputs.check_output(r.output_spec, [r.input_spec, r.model_path], r.force)
     model, checkpoint = load_model(r.model_path, device=r.device)
     if r.tile is not None:
         try:
@@ -59,7 +68,7 @@ def predict_to_file(request, progress=None):
         except UserError as err:
             raise UserError(f"--tile: {err}") from None
     pad = r.pad or trained_pad(checkpoint)
-    output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes))
+    output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes, ngff))
     stack = read_input(r.input_spec, model.in_channels)
     n, h, w = stack.shape
     tile = r.tile or tiling.fit_tile(model, tiling.choose_tile(model, r.device, batch=r.batch), h, w)
@@ -68,10 +77,15 @@ def predict_to_file(request, progress=None):
     except UserError as err:
         raise UserError(f"--tile: {err}") from None
     probs = tiling.predict_stack(model, stack, tile=tile, pad=pad, batch=r.batch, tta=r.tta, progress=progress)
+    meta = dict(model=str(r.model_path), input=str(r.input_spec), tile=tile, pad=pad, tta=r.tta)
+    settings = f"(tile {tile}, pad {pad}{', tta' if r.tta else ''}, device {r.device})"
+    if ngff:
+        ome_zarr.write_prediction(Path(r.output_spec), probs, output_format, r.labels,
+                                  ome_zarr.source_space(r.input_spec), meta, r.force)
+        return (f"wrote {r.output_spec}: OME-Zarr image, {output_format}"
+                f"{' and labels/classes' if r.labels else ''} {settings}")
     array = outputs.format_probabilities(probs, output_format, class_axis=1)
     if n == 1:
         array = array[0]
-    meta = dict(model=str(r.model_path), input=str(r.input_spec), tile=tile, pad=pad, tta=r.tta)
     outputs.write_output(r.output_spec, array, output_format, meta, r.force)
-    return (f"{outputs.describe(r.output_spec, array, output_format)} "
-            f"(tile {tile}, pad {pad}{', tta' if r.tta else ''}, device {r.device})")
+    return f"{outputs.describe(r.output_spec, array, output_format)} {settings}"
