@@ -81,10 +81,18 @@ def train(ctx, **opts):
     writes a checkpoint and exits; --resume continues bitwise where it stopped.
 
     \b
+    Several processes train one model in lockstep when an MPI launcher starts them (pip install
+    'minunet[mpi]'): `mpiexec -n K minunet train ...` or a cluster's `srun`. Each rank draws its own
+    tiles (the effective batch is K x --batch), the gradients are summed every step, rank 0 writes
+    the run directory; the ranks on one machine share its cores. MINUNET_COMM_TIMEOUT (seconds,
+    default 600) ends the run when a rank stops answering. See docs/scaling.md.
+
+    \b
     Examples:
       minunet train --data isbi.h5 --out runs/isbi --width 16 --minutes 40
       minunet train --out runs/isbi --resume --minutes 60
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
+      mpiexec -n 4 minunet train --data isbi.h5 --out runs/isbi4 --width 64 --iterations 5000
     """
     from minunet.training import distributed
     comm = distributed.connect()       # before Numba loads: the ranks of `mpiexec -n K` share the CPUs

@@ -12,22 +12,24 @@ ranks; they train one model in lockstep (synchronous data parallelism):
 - every rank then takes the same optimiser step on the same sum, so the weights stay bitwise
   identical; rank 0 alone validates and writes the run directory.
 
-Each rank scales its loss terms by its share of the batch's counted pixels
-(:meth:`Communicator.loss_shares`), so K ranks at ``--batch B`` compute the gradient of one rank at
-``--batch K*B`` (to float32 rounding of the sum's order). A collective that waits longer than
-``MINUNET_COMM_TIMEOUT`` seconds (a rank died or hangs) ends every rank with one line.
+Each rank scales its loss terms by its share of the batch's counted pixels, so K ranks at
+``--batch B`` compute the gradient of one rank at ``--batch K*B`` (to float32 rounding of the sum's
+order). A collective that waits longer than ``MINUNET_COMM_TIMEOUT`` seconds (a rank died or hangs)
+ends every rank with one line.
 
-Implementations: :class:`SingleProcess` (one process; every method a no-op), MPI through mpi4py
-(:mod:`minunet.training.mpi`), and NCCL through CuPy for ``--device cuda`` (:mod:`minunet.training.nccl`).
+Implementations of the interface: :class:`SingleProcess` (one process; every method a no-op), and
+for several ranks :class:`minunet.training.collective.Communicator` (the exchanges) over MPI through
+mpi4py (:mod:`minunet.training.mpi`) or NCCL through CuPy for ``--device cuda``
+(:mod:`minunet.training.nccl`). This module also holds what the trainer and the sampler need
+without MPI: the launch's size, the CPU threads per rank, each rank's dropout seeds.
 """
 import contextlib
 import os
-import signal
+import sys
 
 import numpy as np
 
 from minunet.errors import UserError
-from minunet.training.commstats import CommStats
 from minunet.training.rundir import RunDirectory
 
 # what a launcher sets in each rank's environment: the number of ranks (MPICH/Intel MPI, Open MPI, Slurm's srun)
@@ -68,10 +70,26 @@ def connect(environ=None):
     Call it before anything imports Numba: the ranks on one machine divide its CPUs between them
     (``NUMBA_NUM_THREADS``, see :func:`threads_per_rank`).
     """
-    if launched_ranks(environ) <= 1:
+    launched = launched_ranks(environ)
+    if launched <= 1:
         return SingleProcess()
     from minunet.training.mpi import MPICommunicator
-    return MPICommunicator(timeout=comm_timeout(environ))
+    comm = MPICommunicator(timeout=comm_timeout(environ))
+    if comm.size != launched:       # each rank would train alone, all into one run directory
+        raise UserError(f"the launcher started {launched} ranks but MPI sees {comm.size}: mpi4py uses another MPI "
+                        f"than this mpiexec ({comm.describe()}); launch with the mpiexec of that MPI, or "
+                        f"reinstall mpi4py for yours (docs/scaling.md)")
+    return comm
+
+
+def load_optional(modules, need):
+    """The modules named (dotted), or a UserError: ``need`` says what wants them and how to install
+    them (``{err}`` in it is replaced by the import error)."""
+    import importlib
+    try:
+        return [importlib.import_module(name) for name in modules]
+    except ImportError as err:
+        raise UserError(need.format(err=err)) from None
 
 
 def threads_per_rank(my_cpus, others_cpus):
@@ -95,7 +113,6 @@ def set_cpu_threads(threads, environ=None):
     if "NUMBA_NUM_THREADS" in environ:
         return int(environ["NUMBA_NUM_THREADS"])
     environ["NUMBA_NUM_THREADS"] = str(threads)
-    import sys
     if "numba" in sys.modules:
         import numba
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -208,187 +225,3 @@ class SingleProcess:
     def agree(self, flag):
         """Rank 0's value of a local decision (a wall-time budget), on every rank."""
         return flag
-
-
-class Communicator(SingleProcess):
-    """Several ranks: the exchanges of a run, over three primitives a subclass provides.
-
-    ``_allreduce(buf, what, nap)`` sums an array in place over the ranks, ``_broadcast(buf)`` copies
-    rank 0's array into every rank's, ``_allgather_bytes(data)`` collects one bytes object per rank,
-    ``_arrive(what)`` waits for every rank; each waits at most ``timeout`` seconds and otherwise
-    ends every rank (:meth:`fail`). ``what`` names the exchange in that message; ``nap`` lets a rank
-    that waits for slower ones sleep between polls.
-    """
-
-    CONTROL = 3                       # slots after the gradients: the loss, SIGINT requests, SIGTERM requests
-    MESSAGE_BYTES = 1024              # an error message, as rank 0 receives it
-
-    def __init__(self, rank, size, timeout):
-        self.rank, self.size, self.timeout = int(rank), int(size), float(timeout)
-        self.is_root = self.rank == 0
-        self.out = None
-        self._buffer, self._sink, self._cleanup = None, None, []
-        self.stats = CommStats()
-
-    # --------------------------------------------------------------- startup
-
-    @contextlib.contextmanager
-    def agreement(self):
-        error = None
-        try:
-            yield
-        except Exception as err:          # reported to every rank, then raised where it happened
-            error = err
-        message = b"" if error is None else _describe(error).encode()[:self.MESSAGE_BYTES]
-        failed = [(rank, m.decode(errors="replace")) for rank, m in enumerate(self._allgather_bytes(message)) if m]
-        if not failed:
-            return
-        if error is not None and (self.is_root or not isinstance(error, UserError)):
-            raise error
-        if self.is_root:
-            rank, message = failed[0]
-            raise UserError(f"rank {rank} of {self.size}: {message}")
-        raise SystemExit(2)               # rank 0 prints what went wrong
-
-    def share_config(self, config):
-        from minunet.training.config import TrainConfig
-        import json
-        data = json.dumps(config.to_json()).encode() if self.is_root else b""
-        return TrainConfig(**json.loads(self._broadcast_bytes(data)))
-
-    def _broadcast_bytes(self, data):
-        """Rank 0's bytes on every rank."""
-        length = np.array([len(data)], np.int64)
-        self._broadcast(length)
-        buf = np.frombuffer(data, np.uint8).copy() if self.is_root else np.empty(int(length[0]), np.uint8)
-        self._broadcast(buf)
-        return buf.tobytes()
-
-    def synchronise(self, trainer):
-        import json
-
-        from minunet.model.checkpoint import generator_state, restore_generator
-        from minunet.training.provenance import jsonable
-        self.out = trainer.out
-        self._cleanup.append(trainer.close)
-        state = {"iteration": trainer.iteration, "sampler": jsonable(trainer.sampler.state()),
-                 "dropout": generator_state(trainer.model.dropout_rng),
-                 "steps": trainer.optimizer.state()["steps"]} if self.is_root else {}
-        state = json.loads(self._broadcast_bytes(json.dumps(state).encode()))
-        buffers = trainer.optimizer.state()
-        for p in trainer.model.parameters():
-            self._broadcast(p.data)
-        for key in sorted(k for k in buffers if k != "steps"):
-            self._broadcast(buffers[key])
-        if not self.is_root:
-            trainer.optimizer.load_state(dict(buffers, steps=state["steps"]))
-            trainer.iteration = int(state["iteration"])
-            trainer.sampler.set_state(state["sampler"])
-            trainer.model.dropout_rng = RankDropout(restore_generator(state["dropout"]), self.rank)
-        batch = trainer.config.batch
-        trainer.log(f"data parallel: {self.describe()}; effective batch {self.size * batch} "
-                    f"({self.size} ranks x --batch {batch})")
-        self._note_ranks(trainer)
-
-    # --------------------------------------------------------------- every step
-
-    def signal_sink(self, trainer):
-        self._sink = _StopRequest(trainer.echo)
-        return self._sink
-
-    def loss_shares(self, labels, ignore=255):
-        local = np.array([np.count_nonzero(np.asarray(lab) != ignore) for lab in labels], np.float64)
-        total = local.copy()
-        with self.stats.timing("wait"):   # the first exchange of a step: ranks meet here
-            self._allreduce(total, "the pixel counts", nap=True)
-        return [float(n / t) if t else 0.0 for n, t in zip(local, total)]
-
-    def sum_gradients(self, trainer, loss):
-        params = trainer.optimizer.params
-        buf, spans = self._gradient_buffer(params)
-        with self.stats.timing("pack"):
-            for p, (start, stop) in zip(params, spans):
-                if p.grad is None:
-                    buf[start:stop] = 0
-                else:
-                    buf[start:stop] = p.grad.reshape(-1)
-            requested = self._sink.stop_signal if self._sink is not None else None
-            control = [loss, requested == signal.SIGINT, requested == signal.SIGTERM]
-            buf[-self.CONTROL:] = params[0].backend.asarray(np.array(control, np.float64), dtype=buf.dtype)
-        with self.stats.timing("wait"):
-            self._arrive("the gradient sum")
-        with self.stats.timing("sum"):
-            self._allreduce(buf, "the gradient sum")
-        self.stats.step_done()
-        for p, (start, stop) in zip(params, spans):
-            if p.grad is not None:
-                p.grad = buf[start:stop].reshape(p.shape)
-        total, interrupts, terminations = (float(v) for v in params[0].backend.to_numpy(buf[-self.CONTROL:]))
-        if interrupts:
-            trainer.stop_signal = signal.SIGINT
-        elif terminations:
-            trainer.stop_signal = signal.SIGTERM
-        if self.is_root and self.stats.due(trainer.iteration + 1, trainer.config.val_every):
-            trainer.log(self.stats.report())
-        return total
-
-    def _gradient_buffer(self, params):
-        """One flat array for every gradient plus the control slots (allocated once), and each span."""
-        if self._buffer is None:
-            sizes = [int(np.prod(p.shape)) for p in params]
-            ends = np.cumsum([0] + sizes)
-            spans = list(zip(ends[:-1].tolist(), ends[1:].tolist()))
-            xp = params[0].backend.xp
-            self._buffer = (xp.zeros(int(ends[-1]) + self.CONTROL, dtype=params[0].data.dtype), spans)
-        return self._buffer
-
-    def agree(self, flag):
-        buf = np.array([bool(flag)], np.uint8)
-        self._broadcast(buf)
-        return bool(buf[0])
-
-    # --------------------------------------------------------------- failure
-
-    def fail(self, what):
-        """A collective waited longer than the timeout: say so in one line and end every rank."""
-        import sys
-        resume = f"; continue from the last checkpoint: minunet train --out {self.out} --resume" if self.out else ""
-        sys.stderr.write(f"minunet train: rank {self.rank} of {self.size} waited {self.timeout:g} s for the other "
-                         f"ranks in {what} (a rank died or hangs; {TIMEOUT_VARIABLE} sets the limit); "
-                         f"ending every rank{resume}\n")
-        sys.stderr.flush()
-        for cleanup in self._cleanup:
-            with contextlib.suppress(Exception):
-                cleanup()
-        self._abort()
-
-    def _allreduce(self, buf, what="a sum", nap=False):
-        raise NotImplementedError
-
-    def _broadcast(self, buf, what="a broadcast from rank 0"):
-        raise NotImplementedError
-
-    def _allgather_bytes(self, data):
-        raise NotImplementedError
-
-    def _arrive(self, what):
-        """Wait until every rank has reached this point (rank 0 may be validating meanwhile)."""
-        raise NotImplementedError
-
-    def _abort(self):
-        """End every rank at once."""
-        raise NotImplementedError
-
-
-class _StopRequest:
-    """Where the signal handlers mark a stop request on a rank, until the next step shares it."""
-
-    def __init__(self, echo):
-        self.stop_signal, self.echo = None, echo
-
-
-def _describe(error):
-    """An exception as one line."""
-    if isinstance(error, UserError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"

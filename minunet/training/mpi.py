@@ -9,20 +9,17 @@ import time
 
 import numpy as np
 
-from minunet.errors import UserError
-from minunet.training.distributed import Communicator, set_cpu_threads, threads_per_rank
+from minunet.training.collective import Communicator
+from minunet.training.distributed import load_optional, set_cpu_threads, threads_per_rank
 
 NAP_S = 2e-4                        # between polls while a rank waits for slower ones
 
 
 def _mpi():
     """mpi4py's MPI module, or a UserError saying how to install it."""
-    try:
-        from mpi4py import MPI
-    except ImportError as err:
-        raise UserError(f"minunet train was started by an MPI launcher but mpi4py cannot be loaded ({err}); "
-                        f"pip install 'minunet[mpi]' (mpi4py and MPICH), or mpi4py built against your "
-                        f"cluster's MPI (docs/scaling.md)") from None
+    (MPI,) = load_optional(["mpi4py.MPI"], "minunet train was started by an MPI launcher but mpi4py cannot be "
+                           "loaded ({err}); pip install 'minunet[mpi]' (mpi4py and MPICH), or mpi4py for your "
+                           "cluster's MPI (docs/scaling.md)")
     return MPI
 
 

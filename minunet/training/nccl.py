@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from minunet.errors import UserError
+from minunet.training.distributed import load_optional
 from minunet.training.mpi import MPICommunicator
 
 NAP_S = 2e-4
@@ -21,13 +22,9 @@ NAP_S = 2e-4
 
 def load_cupy_nccl():
     """(cupy, cupy.cuda.nccl) or a UserError saying what is missing."""
-    try:
-        import cupy
-        from cupy.cuda import nccl
-    except ImportError as err:
-        raise UserError(f"--device cuda on several ranks sums gradients with NCCL through CuPy, which cannot be "
-                        f"loaded ({err}); pip install 'minunet[cuda,mpi]' (cupy-cuda12x brings NCCL), or use "
-                        f"--device cpu") from None
+    cupy, nccl = load_optional(["cupy", "cupy.cuda.nccl"], "--device cuda on several ranks sums gradients with "
+                               "NCCL through CuPy, which cannot be loaded ({err}); pip install 'minunet[cuda,mpi]' "
+                               "(cupy-cuda12x brings NCCL), or use --device cpu")
     if not getattr(nccl, "available", True):
         raise UserError("--device cuda on several ranks needs NCCL, which this CuPy was built without; "
                         "pip install cupy-cuda12x (its wheels include NCCL), or use --device cpu")
