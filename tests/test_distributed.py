@@ -23,6 +23,8 @@ from minunet.model.checkpoint import load_checkpoint
 from minunet.model.geometry import check_tile
 from minunet.training import distributed as D
 from minunet.training import trainer as T
+from minunet.training.collective import Communicator
+from minunet.training.commstats import CommStats
 from minunet.training.config import TrainConfig, resume_config
 from tests.distributed_driver import TINY
 from tests.test_train import write_data
@@ -122,6 +124,50 @@ def test_resume_note_says_what_changes():
     assert D.resume_note(2, 2, 1) is None
     note = D.resume_note(4, 2, 1)
     assert "effective batch becomes 2" in note and "instead of 4" in note and "resume with 4 ranks" in note
+
+
+class TwoRanks(Communicator):
+    """Rank ``rank`` of 2 in-process: the other rank's start ended with ``theirs`` (b"" if it went well)."""
+
+    def __init__(self, rank, theirs):
+        super().__init__(rank, 2, timeout=1.0)
+        self.theirs = theirs
+
+    def _allgather_bytes(self, data):
+        return [data, self.theirs] if self.rank == 0 else [self.theirs, data]
+
+
+def test_an_error_on_any_rank_ends_every_rank_and_rank_0_says_it():
+    with TwoRanks(0, b"").agreement():
+        pass                                                       # nobody failed
+    with pytest.raises(UserError, match="^rank 1 of 2: --data x.h5: no such file$"):
+        with TwoRanks(0, b"--data x.h5: no such file").agreement():
+            pass
+    with pytest.raises(UserError, match="^bad tile$"):              # rank 0's own error, as it was
+        with TwoRanks(0, b"").agreement():
+            raise UserError("bad tile")
+    with pytest.raises(SystemExit) as exit_:                        # the others leave quietly
+        with TwoRanks(1, b"").agreement():
+            raise UserError("bad tile")
+    assert exit_.value.code == 2
+    with pytest.raises(ZeroDivisionError):                          # a bug keeps its traceback
+        with TwoRanks(1, b"").agreement():
+            1 / 0
+
+
+def test_communication_report(monkeypatch):
+    clock = iter([0.0, 1.0, 1.5, 2.0, 2.25, 4.0, 4.25, 4.5, 4.75, 6.0])
+    monkeypatch.setattr("minunet.training.commstats.time.perf_counter", lambda: next(clock))
+    stats = CommStats()
+    for _ in range(2):
+        with stats.timing("pack"):
+            pass
+        with stats.timing("sum"):
+            pass
+        stats.step_done()
+    assert stats.due(10, 5) and not stats.due(11, 5)
+    assert stats.medians() == (3.75, 0.25, 0.0, 0.25)              # the second step (2.25 -> 6.0) only
+    assert stats.report().endswith("summing 250.0 ms (13.3% of the step)")
 
 
 def test_nccl_path_imports_and_explains_a_missing_gpu(monkeypatch):
@@ -271,15 +317,15 @@ def test_a_signal_checkpoints_and_stops_every_rank(data_file, tmp_path, target, 
     _no_orphans(tree)
 
 
-@pytest.mark.parametrize("fate", ["killed", "hung"])
-def test_a_lost_rank_ends_the_run(data_file, tmp_path, fate):
+@pytest.mark.parametrize("fate, rank", [("killed", 1), ("hung", 0)])
+def test_a_lost_rank_ends_the_run(data_file, tmp_path, fate, rank):
     """Killed: the launcher sees the death and ends the other rank. Hung (SIGSTOP): the other rank
     waits MINUNET_COMM_TIMEOUT, says so in one line and ends every rank. Nothing is left running."""
     needs_mpi()
     proc, ranks, tree = _start_training(data_file, tmp_path / "run", MINUNET_COMM_TIMEOUT=str(TIMEOUT_S))
     start = time.monotonic()
     try:
-        ranks[1].kill() if fate == "killed" else ranks[1].suspend()
+        ranks[rank].kill() if fate == "killed" else ranks[rank].suspend()
         _, err = proc.communicate(timeout=TIMEOUT_S + 60)
     finally:
         proc.kill()

@@ -7,6 +7,7 @@ buffer), rank 0's decisions, and the one-line end when a rank stops answering.
 """
 import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -164,6 +165,7 @@ class Communicator(SingleProcess):
             with contextlib.suppress(Exception):
                 cleanup()
         self._abort()
+        os._exit(1)         # MPI_Abort can return (MPICH, when the rank it waits for is stopped)
 
     def _allreduce(self, buf, what="a sum", nap=False):
         raise NotImplementedError
