@@ -81,14 +81,61 @@ def train(ctx, **opts):
     writes a checkpoint and exits; --resume continues bitwise where it stopped.
 
     \b
+    Several processes train one model in lockstep when an MPI launcher starts them (pip install
+    'minunet[mpi]'): `mpiexec -n K minunet train ...` or a cluster's `srun`. Each rank draws its own
+    tiles (the effective batch is K x --batch), the gradients are summed every step, rank 0 writes
+    the run directory; the ranks on one machine share its cores. MINUNET_COMM_TIMEOUT (seconds,
+    default 600) ends the run when a rank stops answering. See docs/scaling.md.
+
+    \b
     Examples:
       minunet train --data isbi.h5 --out runs/isbi --width 16 --minutes 40
       minunet train --out runs/isbi --resume --minutes 60
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
+      mpiexec -n 4 minunet train --data isbi.h5 --out runs/isbi4 --width 64 --iterations 5000
     """
+    from minunet.training import distributed
+    comm = distributed.connect()       # before Numba loads: the ranks of `mpiexec -n K` share the CPUs
+    from minunet.training.trainer import Trainer
+
+    with comm.agreement():             # on several ranks rank 0 decides the settings; an error ends every rank
+        config = _config(ctx, opts) if comm.is_root else None
+    config = comm.share_config(config)
+    opts["quiet"] = opts["quiet"] or not comm.is_root
+    progress = Progress("iteration", quiet=opts["quiet"])
+    comm = comm.for_device(config.device)     # NCCL for --device cuda on several ranks
+    with comm.agreement():
+        trainer = Trainer(config, resume=opts["resume"], echo=None if opts["quiet"] else progress.echo, comm=comm)
+    announce_compilation(trainer.config.device, progress.echo, opts["quiet"])
+    try:
+        result = trainer.run(progress=TrainProgress(progress))
+    except KeyboardInterrupt:             # a second Ctrl-C: no new checkpoint
+        progress.close()
+        if comm.is_root:
+            click.echo(f"Aborted; {_last_checkpoint(trainer)}. Continue with: minunet train --out {trainer.out} --resume",
+                       err=True)
+        sys.exit(130)
+    except UserError:                     # the same on every rank (a diverged loss): rank 0 says it
+        if comm.is_root:
+            raise
+        sys.exit(2)
+    finally:
+        progress.close()
+        trainer.close()
+    if result.reason == "signal":
+        if opts["quiet"] and comm.is_root:       # otherwise the log line has said it
+            click.echo(f"Stopped at iteration {result.iteration}; checkpoint written to {trainer.out / 'checkpoint.h5'}. "
+                       f"Continue with: minunet train --out {trainer.out} --resume", err=True)
+        sys.exit(128 + result.signum)
+    if not opts["quiet"]:
+        best = f"best.h5: {trainer.summary()}" if trainer.run_dir.best.is_file() else trainer.summary()
+        click.echo(f"Done: {trainer.out} ({best})")
+
+
+def _config(ctx, opts):
+    """The run's TrainConfig from the command line (a new run, or the stored one to --resume)."""
     from minunet.engine.devices import resolve_device
     from minunet.training.config import TrainConfig, resume_config
-    from minunet.training.trainer import Trainer
 
     given = {"augment" if k == "no_augment" else k for k in opts
              if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
@@ -115,28 +162,7 @@ def train(ctx, **opts):
                 settings["minutes"] = CPU_MINUTES
         out = opts["out"] or f"runs/{Path(opts['data']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = TrainConfig(**dict(settings, data=str(Path(opts["data"]).resolve()), device=device, out=out))
-
-    progress = Progress("iteration", quiet=opts["quiet"])
-    trainer = Trainer(config, resume=opts["resume"], echo=None if opts["quiet"] else progress.echo)
-    announce_compilation(trainer.config.device, progress.echo, opts["quiet"])
-    try:
-        result = trainer.run(progress=TrainProgress(progress))
-    except KeyboardInterrupt:             # a second Ctrl-C: no new checkpoint
-        progress.close()
-        click.echo(f"Aborted; {_last_checkpoint(trainer)}. Continue with: minunet train --out {trainer.out} --resume",
-                   err=True)
-        sys.exit(130)
-    finally:
-        progress.close()
-        trainer.close()
-    if result.reason == "signal":
-        if opts["quiet"]:       # otherwise the log line has said it
-            click.echo(f"Stopped at iteration {result.iteration}; checkpoint written to {trainer.out / 'checkpoint.h5'}. "
-                       f"Continue with: minunet train --out {trainer.out} --resume", err=True)
-        sys.exit(128 + result.signum)
-    if not opts["quiet"]:
-        best = f"best.h5: {trainer.summary()}" if trainer.run_dir.best.is_file() else trainer.summary()
-        click.echo(f"Done: {trainer.out} ({best})")
+    return config
 
 
 def _last_checkpoint(trainer):

@@ -3,6 +3,7 @@
 Tiles are read lazily from the file (one crop per sample, never the whole stack), so stacks
 larger than memory work; worker processes can prepare the next tiles while a step runs.
 """
+import contextlib
 import math
 import signal
 
@@ -21,7 +22,7 @@ _CROP_SLACK = (2, 3)               # source pixels read beyond a warp's extent: 
 class TileSampler:
     """Random training tiles from a minunet data file, with the paper's augmentation.
 
-    ``TileSampler(path, slices, in_size, out_size, augment=True, pad="mirror", seed=0, workers=0)``
+    ``TileSampler(path, slices, in_size, out_size, augment=True, pad="mirror", seed=0, workers=0, rank=0)``
 
     - ``slices``: indices to draw from (list, or a string for :func:`parse_slices`, None = all).
     - ``in_size``/``out_size``: the network's input and output tile (the margin
@@ -31,6 +32,8 @@ class TileSampler:
     - ``pad``: ``"mirror"`` or ``"zero"``: what the input tile sees beyond the slice border.
     - ``workers``: background processes that prepare the next samples while the caller trains
       (0: samples are made on demand). Results are identical either way.
+    - ``rank``: the data-parallel rank drawing (minunet.training.distributed): each rank draws its
+      own stream of samples; rank 0's is the one a single process draws.
 
     Each sample picks a slice, then an output window position uniformly among those inside the
     slice (a window larger than the slice is centred on it), so every labeled pixel can appear in
@@ -41,13 +44,14 @@ class TileSampler:
 
     ``sample()`` -> ``(image (1,in,in) float32 normalised, labels (out,out) uint8, weights
     (out,out) float32)``; ``batch(n)`` stacks n samples (``(n,1,in,in)``, ``(n,out,out)`` x2).
-    Sample k is drawn from its own generator seeded by ``(seed, k)``, so ``state()`` is just
+    Sample k is drawn from its own generator seeded by ``(seed, k)`` (``(seed, k, rank)`` for
+    ranks other than 0), so ``state()`` is just
     ``{"seed": seed, "drawn": k}`` (JSON-able) and ``set_state`` resumes exactly, with or without
     workers. ``wait_s`` accumulates the time callers spent waiting for samples.
     Reads crops lazily from HDF5 (the file stays open; ``close()`` or use as a context manager).
     """
 
-    def __init__(self, path, slices, in_size, out_size, augment=True, pad="mirror", seed=0, workers=0):
+    def __init__(self, path, slices, in_size, out_size, augment=True, pad="mirror", seed=0, workers=0, rank=0):
         import h5py
         self.info = open_dataset(path)
         if not self.info.has_labels:
@@ -64,7 +68,7 @@ class TileSampler:
         elif not augment:
             augment = aug.AugmentConfig.off()
         self.config = augment
-        self.seed, self.drawn, self.wait_s = int(seed), 0, 0.0
+        self.seed, self.drawn, self.wait_s, self.rank = int(seed), 0, 0.0, int(rank)
         self._args = (str(self.info.path), self.slices, in_size, out_size, augment, pad, self.seed)
         self._file = h5py.File(self.info.path, "r", rdcc_nbytes=_CACHE_BYTES)
         self._raw, self._labels = self._file["raw"], self._file["labels"]
@@ -110,8 +114,9 @@ class TileSampler:
         return array, np.array([y0, x0], np.float64)[:, None, None]
 
     def sample_at(self, k):
-        """The k-th sample of this sampler's seed (a pure function of seed and k)."""
-        rng, cfg = np.random.default_rng([self.seed, k]), self.config
+        """The k-th sample of this sampler's seed (a pure function of seed, k and the rank)."""
+        rng = np.random.default_rng([self.seed, k] if self.rank == 0 else [self.seed, k, self.rank])
+        cfg = self.config
         i = self.slices[rng.integers(len(self.slices))]
         h, w = self.info.height, self.info.width
         # the output window lies inside the slice when it fits (else it is centred on the slice)
@@ -144,14 +149,16 @@ class TileSampler:
 
     def _fetch(self, k):
         """Sample k from the worker pool, keeping 2 x workers samples in flight ahead of it."""
-        if self._pool is None:
+        starting = self._pool is None
+        if starting:
             import concurrent.futures as cf
             import multiprocessing as mp
             self._pool = cf.ProcessPoolExecutor(self.workers, mp.get_context("spawn"),
-                                                initializer=_worker_init, initargs=self._args)
-        for j in range(k, k + 2 * self.workers + 1):
-            if j not in self._pending:
-                self._pending[j] = self._pool.submit(_worker_sample, j)
+                                                initializer=_worker_init, initargs=(self.rank,) + self._args)
+        with _stop_signals_ignored(starting):          # the first submissions start the workers
+            for j in range(k, k + 2 * self.workers + 1):
+                if j not in self._pending:
+                    self._pending[j] = self._pool.submit(_worker_sample, j)
         return self._pending.pop(k).result()
 
     def sample(self):
@@ -170,17 +177,36 @@ class TileSampler:
 
 
 _WORKER = None
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _worker_init(*args):
-    """Each worker process opens its own sampler (its own HDF5 handle).
+@contextlib.contextmanager
+def _stop_signals_ignored(active=True):
+    """SIGINT and SIGTERM ignored in the block, so that processes started in it inherit that from birth.
 
-    It ignores SIGINT: Ctrl-C reaches the terminal's whole process group, and the training
-    process, not its workers, decides how to stop (finish the step, write a checkpoint).
+    Ctrl-C reaches the terminal's whole process group, and mpiexec passes SIGINT and SIGTERM to
+    each rank's group: the training process, not its workers, decides how to stop (finish the
+    step, write a checkpoint), and a worker still starting up must not die of them either.
     """
+    previous = {}
+    if active:
+        try:
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+        except ValueError:                  # not the main thread: nothing to change
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker_init(rank, *args):
+    """Each worker process opens its own sampler (its own HDF5 handle); it ignores SIGINT and SIGTERM."""
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER = TileSampler(*args)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _WORKER = TileSampler(*args, rank=rank)
 
 
 def _worker_sample(k):

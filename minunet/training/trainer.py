@@ -31,9 +31,9 @@ from minunet.model import geometry
 from minunet.model.checkpoint import generator_state, load_checkpoint, load_weights, restore_generator, save_checkpoint
 from minunet.model.unet import UNet
 from minunet.training.config import DEFAULT_AUX_WEIGHT, DEFAULT_LR, TrainResult
+from minunet.training.distributed import SingleProcess
 from minunet.training.memory import check_memory
 from minunet.training.provenance import file_sha256, jsonable, versions
-from minunet.training.rundir import RunDirectory
 from minunet.training.signals import install_handlers, restore_handlers
 from minunet.training.supervision import IGNORE, coarse_index, coarse_targets
 from minunet.training.validation import ADVICE, BASELINE_MARGIN, Validation, degenerate_reason
@@ -55,13 +55,16 @@ class Trainer:
         echo: called with each log line (besides train.log); None prints nothing.
         sampler: a training-tile sampler (``batch(n)``, ``state()``, ``set_state()``) to use
             instead of :class:`minunet.data.sampler.TileSampler` (tests).
+        comm: this process's rank among data-parallel ranks (:mod:`minunet.training.distributed`);
+            None for one process. Only rank 0 reads and writes the run directory.
     """
 
-    def __init__(self, config, resume=False, echo=None, sampler=None):
+    def __init__(self, config, resume=False, echo=None, sampler=None, comm=None):
         self.echo = echo
+        self.comm = comm or SingleProcess()
         self.out = Path(config.out)
-        self.run_dir = RunDirectory(self.out)
-        config = self._prepare_directory(config, resume)
+        self.run_dir = self.comm.run_directory(self.out)
+        config = self._prepare_directory(config, resume) if self.comm.is_root else dataclasses.replace(config)
         config.device = resolve_device(config.device)
         if config.iterations is None and config.minutes is None:
             raise UserError("give a budget: --iterations N or --minutes M")
@@ -91,7 +94,8 @@ class Trainer:
         sampler_seed = int(np.random.SeedSequence([config.seed, SAMPLER_STREAM]).generate_state(1)[0])
         self.sampler = sampler or TileSampler(config.data, self.train_slices, self.geometry.input_size,
                                               self.geometry.output_size, augment=config.augment,
-                                              pad=config.pad, seed=sampler_seed, workers=config.workers)
+                                              pad=config.pad, seed=sampler_seed, workers=config.workers,
+                                              rank=self.comm.rank)
         self.iteration, self.elapsed_before = 0, 0.0
         self.loss_sum, self.loss_count = 0.0, 0
         self.best_score, self.best_iteration = None, None
@@ -99,12 +103,13 @@ class Trainer:
         self.degenerate = None
         self.loss_every = max(1, config.val_every // LOSS_ROWS_PER_VALIDATION)
         self._validation = None
-        if resume:
-            self._load_state(self.out / "checkpoint.h5")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            self.run_dir.clear_results()
-        self._write_config(resume)
+        if self.comm.is_root:               # the other ranks get rank 0's state in run(), and write nothing
+            if resume:
+                self._load_state(self.out / "checkpoint.h5")
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self.run_dir.clear_results()
+            self._write_config(resume)
 
     # ------------------------------------------------------------------ setup
 
@@ -182,8 +187,8 @@ class Trainer:
                             f"resume with the original file or start a new run")
         sessions = record.get("sessions", [])
         sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "iteration": self.iteration,
-                         "argv": sys.argv[1:]})
-        record.update(settings=self.config.to_json(), data_sha256=sha, versions=versions(),
+                         "argv": sys.argv[1:], "ranks": self.comm.size})
+        record.update(settings=self.config.to_json(), ranks=self.comm.size, data_sha256=sha, versions=versions(),
                       model=self.model.config(), parameters=self.model.num_parameters(),
                       geometry=dataclasses.asdict(self.geometry), train_slices=self.train_slices,
                       val_slices=self.val_slices, sessions=sessions)
@@ -200,10 +205,12 @@ class Trainer:
     def state_extra(self):
         return {"config": self.config.to_json(), "elapsed_s": self.elapsed(), "loss_sum": self.loss_sum,
                 "loss_count": self.loss_count, "best_score": self.best_score,
-                "best_iteration": self.best_iteration}
+                "best_iteration": self.best_iteration, "ranks": self.comm.size}
 
     def save(self, path=None):
         """Write a full checkpoint (default: checkpoint.h5); refuses non-finite weights."""
+        if not self.comm.is_root:
+            return
         path = Path(path or self.out / "checkpoint.h5")
         if not _finite_params(self.model):
             raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
@@ -238,6 +245,7 @@ class Trainer:
         self.loss_sum, self.loss_count = float(extra.get("loss_sum", 0.0)), int(extra.get("loss_count", 0))
         self.best_score = extra.get("best_score", extra.get("best_rand_error"))
         self.best_iteration = extra.get("best_iteration")
+        self.resumed_ranks = int(extra.get("ranks", 1))
         self.run_dir.truncate_metrics(self.iteration)
 
     # ------------------------------------------------------------------ one step
@@ -247,18 +255,23 @@ class Trainer:
         return self.elapsed_before + (time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0)
 
     def loss(self, image, labels, weights):
-        """The training loss tensor for a batch: weighted softmax CE (plus weighted aux losses)."""
+        """The training loss tensor for a batch: weighted softmax CE (plus weighted aux losses).
+
+        On several ranks each term is scaled by this rank's share of the term's pixels, so that
+        the ranks' gradients sum to the gradient of the whole batch's loss.
+        """
         device = self.config.device
+        targets = [(labels, weights, 1.0)] + [(*coarse_targets(labels, weights, idx), w) for idx, w in self.aux]
+        shares = self.comm.loss_shares([lab for lab, _, _ in targets], ignore=IGNORE)
         x = Tensor(to_device(image, device), device=device)
         out = self.model(x)
         logits, aux = (out if self.config.deep_supervision else (out, []))
-        total = F.softmax_cross_entropy(logits, to_device(labels, device), to_device(weights, device),
-                                        ignore=IGNORE)
-        for (idx, w), aux_logits in zip(self.aux, aux):
-            lab, wgt = coarse_targets(labels, weights, idx)
-            term = F.softmax_cross_entropy(aux_logits, to_device(lab, device), to_device(wgt, device),
-                                           ignore=IGNORE)
-            total = F.add(total, F.scale(term, w))
+        total = None
+        for scores, (lab, wgt, w), share in zip([logits] + list(aux), targets, shares):
+            term = F.softmax_cross_entropy(scores, to_device(lab, device), to_device(wgt, device), ignore=IGNORE)
+            if w * share != 1.0:
+                term = F.scale(term, w * share)
+            total = term if total is None else F.add(total, term)
         return total
 
     def step(self):
@@ -266,12 +279,12 @@ class Trainer:
         image, labels, weights = self.sampler.batch(self.config.batch)
         self.model.train()
         loss = self.loss(image, labels, weights)
-        value = loss.item()
+        self.optimizer.zero_grad()
+        loss.backward()
+        value = self.comm.sum_gradients(self, loss.item())      # and the loss, over the ranks
         if not math.isfinite(value):
             raise TrainingDiverged(f"the loss became {value} at iteration {self.iteration + 1}: "
                                    + self._diverged_advice())
-        self.optimizer.zero_grad()
-        loss.backward()
         self.optimizer.step()
         self.iteration += 1
         self.loss_sum += value
@@ -289,7 +302,7 @@ class Trainer:
     @property
     def validation(self):
         """The validation slices and their scoring (loaded on first use), or None without any."""
-        if self._validation is None and self.val_slices:
+        if self._validation is None and self.val_slices and self.comm.is_root:
             self._validation = Validation(self.config.data, self.val_slices, self.classes, self.config.pad,
                                           self.config.batch)
         return self._validation
@@ -305,7 +318,7 @@ class Trainer:
         c = self.config
         if c.iterations is not None and self.iteration >= c.iterations:
             return "iterations"
-        if c.minutes is not None and self.elapsed() >= 60 * c.minutes:
+        if c.minutes is not None and self.comm.agree(self.elapsed() >= 60 * c.minutes):    # rank 0's clock
             return "minutes"
         return None
 
@@ -316,9 +329,10 @@ class Trainer:
         SIGINT and SIGTERM let the current step finish, then a checkpoint is written and the
         result says which signal stopped the run (exit status 128 + signum by convention).
         """
+        self.comm.synchronise(self)
         self._t0 = time.monotonic()
         self._last_save = self._t0
-        previous = install_handlers(self) if handle_signals else {}
+        previous = install_handlers(self.comm.signal_sink(self)) if handle_signals else {}
         c = self.config
         self.log(f"{'resuming' if self.iteration else 'training'} at iteration {self.iteration}: "
                  f"{self.model.num_parameters():,} parameters, depth {c.depth}, width {c.width}, "
