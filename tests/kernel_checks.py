@@ -181,7 +181,7 @@ def set_tiling(name, tiling, monkeypatch):
         monkeypatch.setattr(conv, "BLOCK_BYTES", 5)         # blocks of one row: many block edges
     elif name == "cuda":
         from minunet.kernels.cuda import conv
-        monkeypatch.setattr(conv, "TILE", tiny_tile(conv))
+        monkeypatch.setattr(conv, "TILES", dict.fromkeys(conv.TILES, tiny_tile(conv)))
         monkeypatch.setattr(conv, "BIAS_THREADS", 16)
         monkeypatch.setattr(conv, "BIAS_PIXELS_PER_THREAD", 2)
         monkeypatch.setattr(conv, "WGRAD_MIN_CHUNK", 24)

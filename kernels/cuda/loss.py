@@ -3,7 +3,8 @@
 One thread per pixel (w fastest, so each channel plane is read coalesced): the channel maximum,
 the log-sum-exp, the gradient w (p - onehot) written for every channel, and the pixel's loss.
 Each block then reduces its threads' loss sums (in float64), valid-pixel counts and bad-label
-counts in shared memory and writes one partial per block; the host adds the few partials.
+counts in shared memory and writes one partial per block; the partials are summed on the device
+and read back in one copy (the training step's only device-to-host transfer).
 """
 import functools
 import math
@@ -20,7 +21,8 @@ def _xent_kernel(dtype):
     zero, one = ACC(0), ACC(1)
 
     @cuda.jit
-    def xent(logits, labels, weights, has_weights, ignore, glogits, loss_part, count_part, bad_part):
+    def xent(logits, labels, weights, has_weights, ignore, glogits, parts):
+        """parts (3, blocks) float64: each block's loss sum, valid-pixel count and bad-label count."""
         n_, k_, h, wd = logits.shape
         hw = h * wd
         total = n_ * hw
@@ -73,9 +75,9 @@ def _xent_kernel(dtype):
             half //= 2
         if t == 0:
             b = cuda.blockIdx.x
-            loss_part[b] = s_loss[0]
-            count_part[b] = s_count[0]
-            bad_part[b] = s_bad[0]
+            parts[0, b] = s_loss[0]
+            parts[1, b] = s_count[0]          # counts below 2**53: exact in float64
+            parts[2, b] = s_bad[0]
 
     return xent
 
@@ -112,15 +114,14 @@ def softmax_cross_entropy(logits, labels, weights, ignore=255):
     weights = arrays.contiguous(weights.astype(dt, copy=False)) if has_weights else logits[:1, 0, :1, :1]
     glogits = xp.empty_like(logits)
     grid = blocks(n * h * w)
-    loss_part = xp.zeros(grid, dtype=np.float64)
-    count_part = xp.zeros(grid, dtype=np.int64)
-    bad_part = xp.zeros(grid, dtype=np.int64)
+    parts = xp.zeros((3, grid), dtype=np.float64)
     if n * h * w:
         launch(_xent_kernel(dt.name), grid, THREADS, logits, labels, weights, has_weights, int(ignore),
-               glogits, loss_part, count_part, bad_part)
-    if int(bad_part.sum()):
+               glogits, parts)
+    loss, count, bad = arrays.to_numpy(parts.sum(axis=1))        # the step's one read-back to the host
+    if bad:
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}) or equal ignore={ignore}")
-    return float(loss_part.sum()), int(count_part.sum()), glogits
+    return float(loss), int(count), glogits
 
 
 def softmax(logits):
