@@ -81,6 +81,9 @@ class TorchCase:
         from minunet.benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
         self.torch, self.loss_fn = torch, weighted_cross_entropy
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            from minunet.benchmarks.cuda_kernels import fair_fp32
+            fair_fp32(torch)                  # TF32 off, cuDNN benchmark mode on: float32 against float32
         self.model = TorchUNet.from_minunet(mine.model).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.99)
         self.x = torch.from_numpy(mine.x_np).to(self.device)
