@@ -47,7 +47,7 @@ MAX_SPLITS = 16
 WGRAD_TARGET_BLOCKS = 1024        # split the weight gradient's pixels until about this many blocks
 WGRAD_MIN_CHUNK = 256             # ... but give each block at least this many pixels
 BIAS_THREADS = 256                # threads of the bias-gradient reduction (a power of 2)
-BIAS_PIXELS_PER_THREAD = 16       # pixels each bias-gradient thread sums
+BIAS_PIXELS_PER_THREAD = 16       # pixels of each image each bias-gradient thread sums
 PLANE_THREADS = 256               # threads per block of the per-plane kernels (bias_act)
 
 
@@ -91,19 +91,15 @@ def bias_grad_kernel(dtype, threads):
 
     @cuda.jit
     def bias_grad(g, out, chunk):
+        """g (N, M, H*W): block (m, chunk) sums channel m over its chunk of every image's pixels."""
         m = cuda.blockIdx.x
         t = cuda.threadIdx.x
-        hw = g.shape[2] * g.shape[3]
-        p_total = g.shape[0] * hw
         p_begin = cuda.blockIdx.y * chunk
-        p_end = min(p_begin + chunk, p_total)
+        p_end = min(p_begin + chunk, g.shape[2])
         s = zero
-        wd = g.shape[3]
-        for p in range(p_begin + t, p_end, NT):
-            n = p // hw
-            q = p - n * hw
-            h = q // wd
-            s += g[n, m, h, q - h * wd]
+        for n in range(g.shape[0]):
+            for p in range(p_begin + t, p_end, NT):
+                s += g[n, m, p]
         part = cuda.shared.array(NT, ACC)
         part[t] = s
         cuda.syncthreads()
@@ -197,11 +193,11 @@ def bias_grad(g):
     """gb[m] = sum of g[:, m] (float accumulation per block, one atomic add per block)."""
     xp = arrays.array_module()
     out = xp.zeros(g.shape[1], dtype=g.dtype)
-    p_total = g.shape[0] * g.shape[2] * g.shape[3]
-    if p_total and g.shape[1]:
+    pixels = g.shape[2] * g.shape[3]
+    if pixels and g.shape[0] and g.shape[1]:
         chunk = BIAS_PIXELS_PER_THREAD * BIAS_THREADS
-        launch(bias_grad_kernel(g.dtype.name, BIAS_THREADS), (g.shape[1], ceil_div(p_total, chunk)), BIAS_THREADS,
-               g, out, chunk)
+        launch(bias_grad_kernel(g.dtype.name, BIAS_THREADS), (g.shape[1], ceil_div(pixels, chunk)), BIAS_THREADS,
+               g.reshape(g.shape[0], g.shape[1], pixels), out, chunk)
     return out
 
 
