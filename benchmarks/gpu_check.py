@@ -56,22 +56,31 @@ class PeakPool:
         self.peak = max(self.peak, self.pool.used_bytes())
         return mem
 
-    def reset(self):
-        self.peak = self.pool.used_bytes()
+
+
+def gpu_peak_meter(library):
+    """A function giving the peak bytes of GPU memory ``library`` ("minunet": CuPy's pool; "torch":
+    its caching allocator) has had in use since this call."""
+    if library == "minunet":
+        pool = PeakPool()
+        return lambda: pool.peak
+    import torch
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated
 
 
 def stage_step(kc, torch, width=64, tile=572, repeat=5):
     from minunet.benchmarks.timing import interleaved
     from minunet.benchmarks.train_step import MinunetCase, TorchCase
-    peak = PeakPool()
+    minunet_peak = gpu_peak_meter("minunet")
     t0 = time.perf_counter()
     mine = MinunetCase(width, tile, "cuda")
     first_loss = mine.step()
     first = time.perf_counter() - t0
-    torch.cuda.reset_peak_memory_stats()
+    torch_peak = gpu_peak_meter("torch")
     theirs = TorchCase(mine, "cuda")
     (m_step, t_step), _ = interleaved([mine.step, theirs.step], 1, repeat)
-    minunet_peak, torch_peak = peak.peak, torch.cuda.max_memory_allocated()
+    minunet_peak, torch_peak = minunet_peak(), torch_peak()
     (m_fwd, t_fwd), _ = interleaved([mine.forward, theirs.forward], 1, repeat)
     return dict(width=width, tile=tile, minunet_first_step_s=first, first_loss=first_loss,
                 minunet_step_s=m_step, torch_step_s=t_step, step_ratio=t_step / m_step,
