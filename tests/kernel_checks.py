@@ -136,6 +136,8 @@ CONV_CASES = cases(
     (1, 2, 3, 10, 12, 5, 5),      # another kernel size
     (2, 3, 2, 4, 5, 2, 3),        # a non-square kernel
     (1, 10, 6, 3, 4, 1, 1),       # 1x1 head, channels above the CUDA tile width
+    (2, 3, 5, 7, 9, 3, 3),        # several CUDA blocks on every grid axis, batch 2
+    (1, 2, 3, 3, 3, 3, 3),        # a single output pixel
 )
 # (relu, bias) of each forward; each forward's backward runs with and without the input gradient.
 # In the simulator the backward alternates need_gx instead: the CUDA backward's paths (mask or
