@@ -1,7 +1,7 @@
 """Every CUDA kernel of minunet against PyTorch on the GPU (cuDNN, float32, TF32 off).
 
     python benchmarks/cuda_kernels.py [--batch 1 --batch 16] [--repeat 30] [--json FILE] [--tile 572] [--width 64]
-                                      [--conv-tile 64,64,16,4,4]
+                                      [--conv-tile 128,128,8,8,8]
 
 For every distinct layer shape of the paper's network (depth 5, width 64, 572x572 input tile; the
 shapes come from ``minunet.benchmarks.kernels.layer_shapes``) and each batch size, the forward and backward
@@ -11,8 +11,10 @@ of each op are timed with CUDA events around each call (warm-up calls first, the
 so no forward is re-run. Convolutions get separate records for backward_data and backward_weights
 (the two cuDNN kernels) and one "backward" record for the whole backward (the CPU benchmark's
 direction). Records have the CPU benchmark's keys: op, direction, shape, minunet_ms, torch_ms,
-ratio (minunet / torch; below 1 is faster), plus batch and, for convolutions, GFLOP/s.
-``summary`` reports the geometric mean of the convolution ratios per batch.
+ratio (minunet / torch; below 1 is faster), plus batch, rel_err (the largest |minunet - torch| of
+each output over its largest |torch| value: both libraries get the same inputs, so this checks
+every output at the network's real sizes; None for dropout, whose masks differ) and, for
+convolutions, GFLOP/s. ``summary`` reports the geometric mean of the convolution ratios per batch.
 
 Needs a CUDA GPU, CuPy, numba-cuda and a CUDA build of PyTorch; without them it stops with a
 one-line message. ``--conv-tile BM,BN,BK,TM,TN`` runs the convolutions with other tile sizes.
@@ -40,10 +42,16 @@ def _require_gpu():
         raise UserError("benchmarks/cuda_kernels.py compares against PyTorch: pip install torch (a CUDA build)") from None
     if not torch.cuda.is_available():
         raise UserError("benchmarks/cuda_kernels.py: this PyTorch build sees no CUDA GPU: install a CUDA build of torch")
+    fair_fp32(torch)
+    return torch, kc
+
+
+def fair_fp32(torch):
+    """PyTorch CUDA as the yardstick for float32 kernels: TF32 off (10-bit mantissas would not be the
+    same arithmetic) and cuDNN's benchmark mode on (its fastest algorithm per shape)."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True          # let cuDNN pick its fastest algorithm per shape
-    return torch, kc
+    torch.backends.cudnn.benchmark = True
 
 
 def _time(fns, repeat, warmup):
@@ -114,13 +122,14 @@ def _cases(op, p, batch, kc, torch, rng):
         def mine_weights():
             gw = cupy.zeros(w.shape, dtype=w.dtype)
             conv.run_wgrad(gym, x, gw.reshape(k, -1), r, r)
-            conv.bias_grad(gym)
+            return gw, conv.bias_grad(gym)
         yield "backward_weights", mine_weights, lambda: tbwd([False, True, True]), flops
         if not first:
             def mine_data():
-                wt = cupy.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, -1)
+                wt = cupy.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(1, c, -1)
                 gx = cupy.empty(x.shape, dtype=x.dtype)
-                conv.run_igemm(gym, wt, None, gx, r, r, h, h, pad=(r - 1, r - 1))
+                conv.run_igemm(gym, wt, None, gx, r, r, pad=(r - 1, r - 1))
+                return gx
             yield "backward_data", mine_data, lambda: tbwd([True, False, False]), flops
     elif op == "max_pool2d":
         x = arr(batch, p["c"], p["h"], p["h"])
@@ -185,6 +194,34 @@ def _cases(op, p, batch, kc, torch, rng):
         yield "forward", mine, topt.step, None
 
 
+def _arrays(out):
+    """The output arrays of a call (a tuple's non-None items, or the array itself)."""
+    items = out if isinstance(out, (tuple, list)) else [out]
+    return [a for a in items if a is not None and hasattr(a, "shape")]
+
+
+def relative_error(op, direction, mine, theirs):
+    """max |minunet - torch| / max |torch| over the outputs both compute, or None where they are not
+    the same numbers (dropout draws other masks; the SGD step updates shared parameters)."""
+    import cupy
+    if op in ("dropout", "sgd_step"):
+        return None
+    ours, yours = _arrays(mine), _arrays(theirs)
+    if op == "max_pool2d" and direction == "forward":          # argmax indices come in other formats
+        ours, yours = ours[:1], yours[:1]
+    if op == "softmax_cross_entropy":                          # minunet: (loss, count, glogits); torch: (glogits,)
+        ours = ours[-1:]
+    if len(ours) != len(yours):
+        raise RuntimeError(f"{op} {direction}: {len(ours)} minunet outputs against {len(yours)} torch outputs")
+    worst = 0.0
+    for a, b in zip(ours, yours):
+        a, b = cupy.asarray(a, dtype=cupy.float64), cupy.asarray(b).astype(cupy.float64)
+        if a.shape != b.shape:
+            raise RuntimeError(f"{op} {direction}: shape {a.shape} against torch's {b.shape}")
+        worst = max(worst, float(cupy.abs(a - b).max()) / max(float(cupy.abs(b).max()), 1e-30))
+    return worst
+
+
 def _describe(op, p):
     from minunet.benchmarks.kernels import _describe as describe  # the CPU benchmark's shape strings
     return describe(op, p)
@@ -196,7 +233,7 @@ def run(repeat=30, batch=1, tile=572, width=64, warmup=3, seed=0, conv_tile=None
     from minunet.benchmarks.kernels import layer_shapes
     from minunet.kernels.cuda import conv
     if conv_tile is not None:
-        conv.TILE = conv.Tile(*conv_tile)
+        conv.TILES = dict(conv.TILES, float32=conv.Tile(*conv_tile), float32_few_rows=conv.Tile(*conv_tile))
     rng = np.random.default_rng(seed)
     shapes = layer_shapes(tile=tile, width=width)
     sizes = []
@@ -209,7 +246,8 @@ def run(repeat=30, batch=1, tile=572, width=64, warmup=3, seed=0, conv_tile=None
         for direction, mine, theirs, flops in _cases(op, p, batch, kc, torch, rng):
             mine_ms, torch_ms = _time([mine, theirs], repeat, warmup)
             rec = dict(op=op, direction=direction, shape=_describe(op, p), minunet_ms=mine_ms,
-                       torch_ms=torch_ms, ratio=mine_ms / torch_ms, batch=batch)
+                       torch_ms=torch_ms, ratio=mine_ms / torch_ms, batch=batch,
+                       rel_err=relative_error(op, direction, mine(), theirs()))
             if flops:
                 rec["minunet_gflops"] = flops / mine_ms / 1e6
                 rec["torch_gflops"] = flops / torch_ms / 1e6
@@ -218,6 +256,11 @@ def run(repeat=30, batch=1, tile=572, width=64, warmup=3, seed=0, conv_tile=None
                 progress(rec)
         torch.cuda.empty_cache()
     return records
+
+
+def format_error(rec):
+    """The record's relative error as a 9-character column ("-" where not compared)."""
+    return f"{rec['rel_err']:9.1e}" if rec.get("rel_err") is not None else f"{'-':>9s}"
 
 
 def summary(records):
@@ -257,9 +300,9 @@ def main(argv=None):
         kc_name = kc.available()[1]
         for batch in args.batch or [1, 16]:
             print(f"# batch {batch} on {kc_name}")
-            print(header())
+            print(header() + f" {'rel err':>9s}")
             records += run(args.repeat, batch, tile=args.tile, width=args.width, warmup=args.warmup,
-                           conv_tile=conv_tile, progress=lambda r: print(format_row(r), flush=True))
+                           conv_tile=conv_tile, progress=lambda r: print(format_row(r) + f" {format_error(r)}", flush=True))
     except UserError as e:
         print(e, file=sys.stderr)
         return 2

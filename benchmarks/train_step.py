@@ -13,7 +13,8 @@ an empty Numba cache directory, times minunet's first step cold (compilation inc
 memory child times the first step with the on-disk cache warm.
 
 ``--json FILE`` writes minunet_step_s, torch_step_s, step_ratio (minunet / torch),
-minunet_forward_s, torch_forward_s, forward_ratio, minunet_peak_rss_mb, torch_peak_rss_mb,
+minunet_forward_s, torch_forward_s, forward_ratio, minunet_peak_rss_mb, torch_peak_rss_mb (and on a GPU
+minunet_gpu_peak_mb, torch_gpu_peak_mb: CuPy's pool and torch.cuda.max_memory_allocated),
 minunet_first_step_cold_s, minunet_first_step_warm_cache_s and the case (width, tile, device).
 PyTorch is imported only here; it is not a dependency of minunet.
 """
@@ -81,6 +82,9 @@ class TorchCase:
         from minunet.benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
         self.torch, self.loss_fn = torch, weighted_cross_entropy
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            from minunet.benchmarks.cuda_kernels import fair_fp32
+            fair_fp32(torch)                  # TF32 off, cuDNN benchmark mode on: float32 against float32
         self.model = TorchUNet.from_minunet(mine.model).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.99)
         self.x = torch.from_numpy(mine.x_np).to(self.device)
@@ -126,17 +130,23 @@ def _child(which, width, tile, device, env=None):
 
 
 def _child_main(which, width, tile, device):
+    from minunet.benchmarks.gpu_check import gpu_peak_meter
     t0 = time.perf_counter()
+    peak = gpu_peak_meter("minunet") if device == "cuda" and which == "minunet" else None
     mine = MinunetCase(width, tile, device)
     case = mine if which == "minunet" else TorchCase(mine, device)
     if which == "torch":
         del mine
+        peak = gpu_peak_meter("torch") if device == "cuda" else None
     t1 = time.perf_counter()
     case.step()
     first = time.perf_counter() - t1
     case.step()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
-    print(json.dumps(dict(first_step_s=first, setup_s=t1 - t0, peak_rss_mb=rss_mb)))
+    out = dict(first_step_s=first, setup_s=t1 - t0, peak_rss_mb=rss_mb)
+    if peak:                                     # on a GPU: the library's peak of device memory in use
+        out["gpu_peak_mb"] = peak() / 2 ** 20
+    print(json.dumps(out))
 
 
 def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=True, tuned_malloc=False,
@@ -160,6 +170,8 @@ def run(width=64, tile=572, device="cpu", repeat=3, warmup=1, memory=True, cold=
         result["minunet_first_step_warm_cache_s"] = mine_child["first_step_s"]
         result["minunet_peak_rss_mb"] = mine_child["peak_rss_mb"]
         result["torch_peak_rss_mb"] = torch_child["peak_rss_mb"]
+        if "gpu_peak_mb" in mine_child:
+            result["minunet_gpu_peak_mb"], result["torch_gpu_peak_mb"] = mine_child["gpu_peak_mb"], torch_child["gpu_peak_mb"]
     if tuned_malloc and not tune_malloc():
         raise RuntimeError("--tuned-malloc: mallopt failed (glibc only)")
     progress(f"timing {repeat} interleaved training steps after {warmup} warm-up ...")
@@ -179,6 +191,8 @@ def format_table(r):
             ("forward / inference (s)", r["minunet_forward_s"], r["torch_forward_s"])]
     if "minunet_peak_rss_mb" in r:
         rows.append(("peak RSS, training (MB)", r["minunet_peak_rss_mb"], r["torch_peak_rss_mb"]))
+    if "minunet_gpu_peak_mb" in r:
+        rows.append(("GPU peak, training (MB)", r["minunet_gpu_peak_mb"], r["torch_gpu_peak_mb"]))
     lines = [f"U-Net width {r['width']}, tile {r['tile']}, device {r['device']}, median of {r['repeat']}"
              + (", malloc tuned for both" if r.get("tuned_malloc") else ""),
              f"{'':26s} {'minunet':>10s} {'pytorch':>10s} {'ratio':>7s}"]

@@ -1,105 +1,22 @@
-"""The Numba CPU backend against the float64 NumPy reference, op by op, forward and backward.
+"""The CPU backend's own paths: dispatch, direct, Winograd and GEMM kernels, prefetch, vector width, threads.
 
-Every test draws fresh inputs from the ``rng`` fixture (its seed is printed; replay with
-``--seed N``). Reference results are computed in float64 from the same inputs. Tolerances are
-relative to the largest magnitude of the expected array: 1e-10 in float64; in float32 per op
-(FLOAT32_TOL): sums of many products (convolutions, up-convolutions) get 2e-5, the loss 1e-5,
-the gradient sum 1e-7 (one rounding), and pure data movement (pooling, crop-and-concatenate, ReLU, dropout) must be exact. A
-convolution's forward output is a sum whose terms can cancel (with a 1x1 output, the largest
-value can be 1e-3 while the terms are ~1); rounding error scales with the terms, so its scale
-is the largest sum of |terms| (``conv_scale``), never less than the largest |expected|.
-
-The ``gradcheck``-marked tests (run with ``pytest --gradcheck``) cover many shapes: odd sizes,
-1x1 outputs, 1 channel and more than 64 channels, batches > 1, and tiny GEMM blocks so that the
-block edges of the convolution are exercised. The unmarked smoke tests check one small shape
-per op in the fast suite.
+The contract tests (every op against the float64 reference, every backend) are in
+tests/test_kernels.py; these force each of the CPU convolution's paths (direct register-blocked
+kernels, Winograd F(2x2, 3x3), nine GEMMs) and their block sizes, and check the machine-code and
+threading choices the CPU backend makes. Draws, tolerances and scales come from
+tests/kernel_checks.py: fresh random inputs from the ``rng`` fixture (seed printed; ``--seed N``
+replays), compared with the float64 reference relative to the largest sum of |terms|.
 """
 import numpy as np
 import pytest
 
 from minunet.kernels import reference as ref
 
+from .kernel_checks import DTYPES, OPTIMISER_SHAPES, assert_close, conv_grad_scales, conv_scale, draw
+
 cpu = pytest.importorskip("minunet.kernels.cpu")
 from minunet.kernels.cpu import conv as cpu_conv  # noqa: E402
 from minunet.kernels.cpu import direct as cpu_direct  # noqa: E402
-
-FLOAT64_TOL = 1e-10
-FLOAT32_TOL = {
-    "conv2d": 2e-5, "conv_transpose2d": 2e-5, "softmax_cross_entropy": 1e-5, "softmax": 1e-6,
-    "optimiser": 1e-6, "add": 1e-7, "exact": 0.0,
-}
-DTYPES = [np.float64, np.float32]
-
-
-def assert_close(actual, expected, dtype, op, scale=0.0):
-    """|actual - expected| <= tol * max(max|expected|, scale) (tol by dtype and op), and the same shape."""
-    assert actual is not None and actual.shape == expected.shape, (getattr(actual, "shape", None), expected.shape)
-    assert actual.dtype == dtype, (actual.dtype, dtype)
-    tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_TOL[op]
-    scale = max(np.abs(expected).max(initial=0.0), scale, 1e-30)
-    err = np.abs(np.asarray(actual, np.float64) - expected).max(initial=0.0)
-    assert err <= tol * scale, f"{op}: max error {err:.3g} > {tol:g} x {scale:.3g}"
-
-
-def conv_scale(x64, w64, b64):
-    """The largest sum of |terms| of a convolution's outputs: the size its rounding error scales with."""
-    return ref.conv2d_forward(np.abs(x64), np.abs(w64), None if b64 is None else np.abs(b64)).max(initial=0.0)
-
-
-def conv_grad_scales(x64, w64, gy64):
-    """The largest sums of |terms| of a convolution's gradients (gx, gw, gb): the sizes their
-    rounding errors scale with (a weight gradient of 1 output channel summed over a few pixels can
-    cancel to a hundredth of its terms)."""
-    return [None if g is None else g.max(initial=0.0)
-            for g in ref.conv2d_backward(np.abs(x64), np.abs(w64), np.abs(gy64))]
-
-
-def draw(rng, shape, dtype, scale=1.0):
-    """Standard normal values of the given dtype, and the same values in float64 for the reference."""
-    a = (rng.standard_normal(shape) * scale).astype(dtype)
-    return a, a.astype(np.float64)
-
-
-# ----------------------------------------------------------------------------- convolution
-
-CONV_CASES = [
-    # (N, C, K, H, W, kernel)
-    (1, 1, 3, 7, 9, 3),        # one input channel, odd sizes
-    (2, 3, 5, 6, 11, 3),       # batch > 1
-    (1, 4, 2, 3, 3, 3),        # 1x1 output
-    (2, 70, 66, 9, 8, 3),      # many channels (> 64)
-    (1, 3, 2, 1, 1, 1),        # 1x1 kernel on 1x1 spatial
-    (2, 65, 2, 5, 7, 1),       # 1x1 head, many channels
-    (1, 2, 3, 10, 12, 5),      # another kernel size
-]
-
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES)
-@pytest.mark.parametrize("block", [1 << 21, 5])
-def test_conv2d(rng, monkeypatch, case, dtype, block):
-    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block)     # 5: blocks of one row, many block edges
-    n, c, k, h, w, r = case
-    x, x64 = draw(rng, (n, c, h, w), dtype)
-    wt, wt64 = draw(rng, (k, c, r, r), dtype, 1 / np.sqrt(c * r * r))
-    b, b64 = draw(rng, (k,), dtype)
-    for relu, bias in [(False, True), (True, True), (True, False)]:
-        y = cpu.conv2d_forward(x, wt, b if bias else None, relu=relu)
-        y64 = ref.conv2d_forward(x64, wt64, b64 if bias else None, relu=relu)
-        assert_close(y, y64, dtype, "conv2d", conv_scale(x64, wt64, b64 if bias else None))
-        gy, gy64 = draw(rng, y.shape, dtype)
-        for need_gx in (True, False):
-            # The ReLU mask comes from the CPU output y (fed to both) so that both mask the same pixels.
-            got = cpu.conv2d_backward(x, wt, gy, y=y if relu else None, need_gx=need_gx)
-            want = ref.conv2d_backward(x64, wt64, gy64, y=y.astype(np.float64) if relu else None, need_gx=need_gx)
-            scales = conv_grad_scales(x64, wt64, gy64)
-            if need_gx:
-                assert_close(got[0], want[0], dtype, "conv2d", scales[0])
-            else:
-                assert got[0] is None
-            assert_close(got[1], want[1], dtype, "conv2d", scales[1])
-            assert_close(got[2], want[2], dtype, "conv2d", scales[2])
 
 
 @pytest.mark.gradcheck
@@ -393,245 +310,6 @@ def test_conv2d_paths_of_the_paper_network():
     assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
 
 
-@pytest.mark.gradcheck
-def test_conv2d_errors_and_views(rng):
-    with pytest.raises(ValueError):
-        cpu.conv2d_forward(np.zeros((1, 2, 5, 5)), np.zeros((3, 4, 3, 3)), None)
-    with pytest.raises(ValueError):
-        cpu.conv2d_forward(np.zeros((1, 2, 2, 5)), np.zeros((3, 2, 3, 3)), None)
-    # Non-contiguous inputs (a channel slice, Fortran-ordered weights) give the same result.
-    x = rng.standard_normal((2, 6, 8, 9))[:, ::2]
-    w = np.asfortranarray(rng.standard_normal((4, 3, 3, 3)))
-    assert_close(cpu.conv2d_forward(x, w, None), ref.conv2d_forward(x, w, None), np.float64, "conv2d")
-
-
-# ----------------------------------------------------------------------------- max pooling
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 7, 9), (1, 70, 10, 8), (3, 2, 3, 2)])
-def test_max_pool2d(rng, shape, dtype):
-    # A shuffled linspace: no ties, so the argmax is unambiguous.
-    x = rng.permutation(np.linspace(-1, 1, int(np.prod(shape)))).reshape(shape).astype(dtype)
-    y, idx = cpu.max_pool2d_forward(x)
-    y_ref, idx_ref = ref.max_pool2d_forward(x.astype(np.float64))
-    assert_close(y, y_ref, dtype, "exact")
-    assert idx.dtype == np.uint8 and np.array_equal(idx, idx_ref)
-    gy, gy64 = draw(rng, y.shape, dtype)
-    assert_close(cpu.max_pool2d_backward(gy, idx, x.shape), ref.max_pool2d_backward(gy64, idx_ref, x.shape),
-                 dtype, "exact")
-
-
-@pytest.mark.gradcheck
-def test_max_pool2d_ties_first_wins(rng):
-    x = rng.integers(0, 2, (2, 3, 6, 6)).astype(np.float32)      # many ties
-    assert np.array_equal(cpu.max_pool2d_forward(x)[1], ref.max_pool2d_forward(x)[1])
-    with pytest.raises(ValueError):
-        cpu.max_pool2d_forward(np.zeros((1, 1, 1, 4)))
-
-
-# ----------------------------------------------------------------------------- transposed convolution
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel", [2, 3, 4])
-@pytest.mark.parametrize("case", [(1, 1, 1, 1, 1), (2, 3, 5, 4, 7), (1, 72, 66, 3, 2), (2, 2, 1, 5, 5)])
-def test_conv_transpose2d(rng, case, kernel, dtype):
-    n, c, k, h, w = case
-    x, x64 = draw(rng, (n, c, h, w), dtype)
-    wt, wt64 = draw(rng, (c, k, kernel, kernel), dtype, 1 / np.sqrt(c))
-    b, b64 = draw(rng, (k,), dtype)
-    for bias in (True, False):
-        y = cpu.conv_transpose2d_forward(x, wt, b if bias else None)
-        assert_close(y, ref.conv_transpose2d_forward(x64, wt64, b64 if bias else None), dtype, "conv_transpose2d")
-    gy, gy64 = draw(rng, y.shape, dtype)
-    for got, want in zip(cpu.conv_transpose2d_backward(x, wt, gy), ref.conv_transpose2d_backward(x64, wt64, gy64)):
-        assert_close(got, want, dtype, "conv_transpose2d")
-
-
-# ----------------------------------------------------------------------------- crop and concatenate
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [((1, 1, 5, 7), (1, 1, 1, 1)), ((2, 3, 12, 10), (2, 70, 8, 6)),
-                                  ((2, 66, 4, 4), (2, 2, 4, 4))])
-def test_crop_concat(rng, case, dtype):
-    skip_shape, up_shape = case
-    skip, skip64 = draw(rng, skip_shape, dtype)
-    up, up64 = draw(rng, up_shape, dtype)
-    assert_close(cpu.crop_concat_forward(skip, up), ref.crop_concat_forward(skip64, up64), dtype, "exact")
-    gy, gy64 = draw(rng, (up_shape[0], skip_shape[1] + up_shape[1]) + up_shape[2:], dtype)
-    grads = cpu.crop_concat_backward(gy, skip_shape)
-    for got, want in zip(grads, ref.crop_concat_backward(gy64, skip_shape)):
-        assert_close(got, want, dtype, "exact")
-        assert got.flags.c_contiguous
-    assert np.shares_memory(grads[1], gy) == (up_shape[0] == 1)     # one image: gup is a view of gy
-
-
-@pytest.mark.gradcheck
-def test_crop_concat_odd_margin_raises():
-    with pytest.raises(ValueError):
-        cpu.crop_concat_forward(np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 4, 4)))
-
-
-# ----------------------------------------------------------------------------- ReLU and dropout
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 70, 5, 3)])
-def test_relu(rng, shape, dtype):
-    x, x64 = draw(rng, shape, dtype)
-    gy, gy64 = draw(rng, shape, dtype)
-    assert_close(cpu.relu_forward(x), ref.relu_forward(x64), dtype, "exact")
-    assert_close(cpu.relu_backward(gy, x), ref.relu_backward(gy64, x64), dtype, "exact")
-
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
-def test_dropout_matches_reference_bit_for_bit(rng, p, dtype):
-    x = rng.standard_normal((2, 70, 7, 5)).astype(dtype)
-    seed = int(rng.integers(2 ** 62))
-    y = cpu.dropout_forward(x, p, seed)
-    assert y.dtype == dtype and np.array_equal(y, ref.dropout_forward(x, p, seed))
-    assert np.array_equal(cpu.dropout_backward(x, p, seed), ref.dropout_backward(x, p, seed))
-
-
-# ----------------------------------------------------------------------------- loss
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [(1, 2, 1, 1), (2, 3, 5, 7), (1, 7, 6, 4), (2, 70, 3, 3)])
-@pytest.mark.parametrize("scale", [1.0, 1e4])
-def test_softmax_cross_entropy(rng, case, scale, dtype):
-    n, k, h, w = case
-    logits, logits64 = draw(rng, case, dtype, scale)
-    labels = rng.integers(0, k, (n, h, w)).astype(np.uint8)
-    labels[rng.random((n, h, w)) < 0.2] = 255                   # some ignored pixels
-    weights = rng.random((n, h, w)).astype(dtype)
-    for wts in (weights, None):
-        loss, count, grad = cpu.softmax_cross_entropy(logits, labels, wts)
-        loss_ref, count_ref, grad_ref = ref.softmax_cross_entropy(
-            logits64, labels, None if wts is None else wts.astype(np.float64))
-        assert isinstance(loss, float) and isinstance(count, int) and count == count_ref
-        assert np.isfinite(loss) and np.all(np.isfinite(grad))
-        tol = FLOAT64_TOL if dtype == np.float64 else FLOAT32_TOL["softmax_cross_entropy"]
-        assert abs(loss - loss_ref) <= tol * max(abs(loss_ref), 1.0)
-        assert_close(grad, grad_ref, dtype, "softmax_cross_entropy")
-    assert_close(cpu.softmax(logits), ref.softmax(logits64), dtype, "softmax")
-
-
-@pytest.mark.gradcheck
-def test_softmax_cross_entropy_edge_cases():
-    logits = np.zeros((1, 2, 2, 2))
-    with pytest.raises(ValueError):
-        cpu.softmax_cross_entropy(logits, np.array([[[0, 1], [2, 0]]]), None)
-    with pytest.raises(ValueError):
-        cpu.softmax_cross_entropy(logits, np.zeros((1, 2, 3), int), None)
-    loss, count, grad = cpu.softmax_cross_entropy(logits, np.full((1, 2, 2), 7), None, ignore=7)
-    assert loss == 0.0 and count == 0 and not grad.any()
-
-
-# ----------------------------------------------------------------------------- optimisers
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(70, 3, 3, 3), (7,), (301, 250)])   # serial, serial, parallel loop
-def test_optimisers_in_place(rng, dtype, shape):
-    from minunet.kernels.cpu import optim
-    assert (np.prod(shape) >= optim.PARALLEL_MIN) == (shape == (301, 250))
-    p, g, v, m = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
-    v2 = np.abs(v)
-    ours = [a.copy() for a in (p, v)]
-    theirs = [a.astype(np.float64) for a in (p, v)]
-    for _ in range(3):
-        cpu.sgd_step(ours[0], g, ours[1], 0.01, 0.99, 1e-4)
-        ref.sgd_step(theirs[0], g.astype(np.float64), theirs[1], 0.01, 0.99, 1e-4)
-    for a, b in zip(ours, theirs):
-        assert_close(a, b, dtype, "optimiser")
-    ours = [a.copy() for a in (p, m, v2)]
-    theirs = [a.astype(np.float64) for a in (p, m, v2)]
-    for step in (1, 2, 3):
-        cpu.adam_step(*ours[:1], g, *ours[1:], 1e-3, 0.9, 0.999, 1e-8, step, 1e-4)
-        ref.adam_step(*theirs[:1], g.astype(np.float64), *theirs[1:], 1e-3, 0.9, 0.999, 1e-8, step, 1e-4)
-    for a, b in zip(ours, theirs):
-        assert_close(a, b, dtype, "optimiser")
-
-
-@pytest.mark.gradcheck
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1,), (7,), (1, 3, 5, 7), (2, 16, 31, 33)])
-def test_add(rng, dtype, shape):
-    """The engine's gradient sum: IEEE addition, so bit for bit NumPy's; views and mixed shapes too."""
-    a, a64 = draw(rng, shape, dtype)
-    b, b64 = draw(rng, shape, dtype)
-    got = cpu.add(a, b)
-    assert got.dtype == dtype and got is not a and got is not b
-    np.testing.assert_array_equal(got, a + b)
-    assert_close(got, ref.add(a64, b64), dtype, "add")
-    if len(shape) == 4:                              # strided views, a broadcast
-        np.testing.assert_array_equal(cpu.add(a[:, :, ::2], b[:, ::-1, ::2]), a[:, :, ::2] + b[:, ::-1, ::2])
-        np.testing.assert_array_equal(cpu.add(a, b[:1, :1]), a + b[:1, :1])
-
-
-# ----------------------------------------------------------------------------- smoke tests (fast suite)
-
-def test_contract_names():
-    for name in ("asarray", "to_numpy", "conv2d_forward", "conv2d_backward", "max_pool2d_forward",
-                 "max_pool2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
-                 "crop_concat_forward", "crop_concat_backward", "relu_forward", "relu_backward",
-                 "dropout_forward", "dropout_backward", "softmax_cross_entropy", "softmax", "sgd_step", "adam_step", "add"):
-        assert callable(getattr(cpu, name)), name
-    assert cpu.name == "cpu" and cpu.xp is np
-    a = cpu.asarray([1, 2], dtype=np.float32)
-    assert a.dtype == np.float32 and np.array_equal(cpu.to_numpy(a), [1, 2])
-
-
-def test_smoke_conv2d(rng):
-    x, x64 = draw(rng, (1, 2, 6, 5), np.float32)
-    w, w64 = draw(rng, (3, 2, 3, 3), np.float32)
-    b, b64 = draw(rng, (3,), np.float32)
-    y = cpu.conv2d_forward(x, w, b, relu=True)
-    assert_close(y, ref.conv2d_forward(x64, w64, b64, relu=True), np.float32, "conv2d", conv_scale(x64, w64, b64))
-    gy, gy64 = draw(rng, y.shape, np.float32)
-    got = cpu.conv2d_backward(x, w, gy, y=y)
-    want = ref.conv2d_backward(x64, w64, gy64, y=y.astype(np.float64))
-    for a, e, s in zip(got, want, conv_grad_scales(x64, w64, gy64)):
-        assert_close(a, e, np.float32, "conv2d", s)
-
-
-def test_smoke_pool_upconv_concat(rng):
-    x, x64 = draw(rng, (1, 2, 4, 6), np.float32)
-    y, idx = cpu.max_pool2d_forward(x)
-    assert np.array_equal(y, ref.max_pool2d_forward(x)[0])
-    assert np.array_equal(cpu.max_pool2d_backward(y, idx, x.shape), ref.max_pool2d_backward(y, idx, x.shape))
-    w, w64 = draw(rng, (2, 3, 2, 2), np.float32)
-    up = cpu.conv_transpose2d_forward(x, w, None)
-    assert_close(up, ref.conv_transpose2d_forward(x64, w64, None), np.float32, "conv_transpose2d")
-    for a, e in zip(cpu.conv_transpose2d_backward(x, w, up), ref.conv_transpose2d_backward(x64, w64, up.astype(float))):
-        assert_close(a, e, np.float32, "conv_transpose2d")
-    skip, _ = draw(rng, (1, 2, 10, 14), np.float32)
-    cat = cpu.crop_concat_forward(skip, up)
-    assert np.array_equal(cat, ref.crop_concat_forward(skip, up))
-    for a, e in zip(cpu.crop_concat_backward(cat, skip.shape), ref.crop_concat_backward(cat, skip.shape)):
-        assert np.array_equal(a, e)
-
-
-def test_smoke_elementwise_loss_optim(rng):
-    x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
-    assert np.array_equal(cpu.relu_forward(x), ref.relu_forward(x))
-    assert np.array_equal(cpu.relu_backward(x, x), ref.relu_backward(x, x))
-    assert np.array_equal(cpu.dropout_forward(x, 0.5, 42), ref.dropout_forward(x, 0.5, 42))
-    labels = rng.integers(0, 3, (1, 4, 5))
-    loss, count, grad = cpu.softmax_cross_entropy(x * 1e4, labels, None)
-    loss_ref, count_ref, grad_ref = ref.softmax_cross_entropy((x * 1e4).astype(np.float64), labels, None)
-    assert count == count_ref and abs(loss - loss_ref) <= 1e-5 * abs(loss_ref)
-    assert_close(grad, grad_ref, np.float32, "softmax_cross_entropy")
-    p, v = x.copy(), np.zeros_like(x)
-    cpu.sgd_step(p, x, v, 0.1, 0.9, 0.0)
-    assert_close(p, 0.9 * x.astype(np.float64), np.float32, "optimiser")
-
-
 def test_cpu_backend_threads_on_openmp_and_leaves_the_environment_alone():
     """The backend starts Numba's threads on OpenMP (workqueue where libgomp will not load), with
     its short spin set only while libgomp loads: nothing is left in the environment."""
@@ -651,3 +329,21 @@ def test_cpu_backend_threads_on_openmp_and_leaves_the_environment_alone():
     env["NUMBA_THREADING_LAYER"] = "workqueue"      # the user's choice wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "workqueue"
+
+
+def test_optimiser_shapes_cover_the_serial_and_parallel_loops():
+    """The contract tests' optimiser shapes take both of the CPU update's loops."""
+    from minunet.kernels.cpu import optim
+    assert {int(np.prod(s)) >= optim.PARALLEL_MIN for s in OPTIMISER_SHAPES} == {False, True}
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("n", [1, 2])
+def test_crop_concat_backward_of_one_image_is_a_view(rng, n):
+    """With one image the up-sampled half of the gradient is a view of gy (no copy); with more, a copy."""
+    gy = rng.standard_normal((n, 5, 4, 4)).astype(np.float32)
+    gskip, gup = cpu.crop_concat_backward(gy, (n, 3, 6, 6))
+    assert np.shares_memory(gup, gy) == (n == 1)
+    assert gskip.flags.c_contiguous and gup.flags.c_contiguous
+    np.testing.assert_array_equal(gup, gy[:, 3:])
+

@@ -7,7 +7,8 @@ them without a GPU. Without either, importing this module still works; :func:`av
 what is missing and every kernel raises :class:`minunet.kernels.BackendUnavailable`, one line saying what to install.
 
     arrays.py       availability, CuPy/NumPy arrays, launches on CuPy's stream
-    conv.py         tiled implicit-GEMM convolution, weight-gradient and bias-gradient kernels
+    gemm.py         the two GEMM kernels of every convolution: implicit GEMM and weight gradient
+    conv.py         convolution launches (tiles, split-K), bias gradient; compile_check.py: resource report
     upconv.py       stride-2 transposed convolution on the kernels of conv.py
     pool.py         2x2 max pooling with uint8 argmax
     elementwise.py  ReLU, dropout (the contract's hash mask), crop-and-concatenate

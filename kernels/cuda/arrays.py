@@ -119,15 +119,16 @@ def launch(kernel, grid, block, *args):
     kernel[grid, block, stream](*[_device_view(a) for a in args])
 
 
-if cuda is not None:
-    @cuda.jit(device=True)
-    def unravel_nchw(e, channels, height, width):
-        """(n, c, i, j) of flat index e in an (N, channels, height, width) array, w fastest."""
-        j = e % width
-        q = e // width
-        i = q % height
-        q //= height
-        return q // channels, q % channels, i, j
+PLANE_BLOCK = (32, 8)    # threads of the per-plane kernels: 32 along a row (one warp), 8 rows
+MAX_GRID_Z = 65535
+
+
+def plane_grid(height, width, planes):
+    """(grid, block) of a kernel with one thread per (row, column) of ``planes`` image planes: x along
+    columns, y along rows, z over the planes (each z strides over the planes beyond the grid's limit).
+    No thread divides an index: the grid axes are the array's axes."""
+    bx, by = PLANE_BLOCK
+    return (ceil_div(width, bx), ceil_div(height, by), max(1, min(planes, MAX_GRID_Z))), PLANE_BLOCK
 
 
 def ceil_div(a, b):

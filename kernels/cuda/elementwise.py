@@ -1,14 +1,16 @@
 """ReLU, dropout (the contract's SplitMix64 mask, bit for bit) and crop-and-concatenate.
 
-All are memory-bound one-pass kernels over flat (contiguous) arrays: one element per thread, a
-grid-stride loop bounded by the element count, so consecutive threads touch consecutive addresses.
+All are memory-bound one-pass kernels: ReLU and dropout over flat (contiguous) arrays, one element
+per thread in a grid-stride loop, so consecutive threads touch consecutive addresses; the window
+copies of crop-and-concatenate on a grid shaped like the window (``arrays.plane_grid``), so that
+no thread divides an index.
 """
 import numpy as np
 
 from .. import dropout_hash
 from ..shapes import crop_margins
 from . import arrays
-from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
+from .arrays import THREADS, blocks, cuda, launch, plane_grid
 
 # The contract's hash (reference.dropout_uniform bit for bit), compiled from its one source.
 dropout_uniform = cuda.jit(device=True)(dropout_hash.dropout_uniform)
@@ -38,27 +40,35 @@ def _dropout(x, y, p, scale, seed, zero):
 def _copy_window(src, dst, c_src, top, left, c_dst):
     """dst[n, c_dst + c, h, w] = src[n, c_src + c, top + h, left + w] over the overlap of both windows.
 
-    One thread per copied element, w fastest: reads and writes of a warp are contiguous rows.
+    Grid x along w (a warp's reads and writes are contiguous rows), y along h, z over channels.
     """
     nc = min(src.shape[1] - c_src, dst.shape[1] - c_dst)
-    h = min(src.shape[2] - top, dst.shape[2])
-    w = min(src.shape[3] - left, dst.shape[3])
-    total = src.shape[0] * nc * h * w
-    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        n, c, i, j = unravel_nchw(e, nc, h, w)
-        dst[n, c_dst + c, i, j] = src[n, c_src + c, top + i, left + j]
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if i >= min(src.shape[2] - top, dst.shape[2]) or j >= min(src.shape[3] - left, dst.shape[3]):
+        return
+    for c in range(cuda.blockIdx.z, nc, cuda.gridDim.z):
+        for n in range(src.shape[0]):
+            dst[n, c_dst + c, i, j] = src[n, c_src + c, top + i, left + j]
 
 
 @cuda.jit
 def _paste_window(src, dst, c_src, top, left):
     """dst[n, c, top + h, left + w] = src[n, c_src + c, h, w]; dst elsewhere untouched (zeros)."""
-    nc = dst.shape[1]
-    h = src.shape[2]
-    w = src.shape[3]
-    total = src.shape[0] * nc * h * w
-    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        n, c, i, j = unravel_nchw(e, nc, h, w)
-        dst[n, c, top + i, left + j] = src[n, c_src + c, i, j]
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if i >= src.shape[2] or j >= src.shape[3]:
+        return
+    for c in range(cuda.blockIdx.z, dst.shape[1], cuda.gridDim.z):
+        for n in range(src.shape[0]):
+            dst[n, c, top + i, left + j] = src[n, c_src + c, i, j]
+
+
+def _window(kernel, src, dst, channels, height, width, *args):
+    """Launch a window kernel over channels x height x width."""
+    if channels and height and width and src.shape[0]:
+        grid, block = plane_grid(height, width, channels)
+        launch(kernel, grid, block, src, dst, *args)
 
 
 def _flat(a):
@@ -122,9 +132,8 @@ def crop_concat_forward(skip, up):
     n, cs = skip.shape[:2]
     cu, hu, wu = up.shape[1:]
     y = arrays.array_module().empty((n, cs + cu, hu, wu), dtype=up.dtype)
-    if y.size:
-        launch(_copy_window, blocks(n * cs * hu * wu), THREADS, skip, y, 0, top, left, 0)
-        launch(_copy_window, blocks(up.size), THREADS, up, y, 0, 0, 0, cs)
+    _window(_copy_window, skip, y, cs, hu, wu, 0, top, left, 0)
+    _window(_copy_window, up, y, cu, hu, wu, 0, 0, 0, cs)
     return y
 
 
@@ -138,8 +147,6 @@ def crop_concat_backward(gy, skip_shape):
     top, left = crop_margins(skip_shape[2:], (hu, wu))
     gskip = xp.zeros(tuple(skip_shape), dtype=gy.dtype)
     gup = xp.empty((n, gy.shape[1] - cs, hu, wu), dtype=gy.dtype)
-    if gskip.size:
-        launch(_paste_window, blocks(n * cs * hu * wu), THREADS, gy, gskip, 0, top, left)
-    if gup.size:
-        launch(_copy_window, blocks(gup.size), THREADS, gy, gup, cs, 0, 0, 0)
+    _window(_paste_window, gy, gskip, cs, hu, wu, 0, top, left)
+    _window(_copy_window, gy, gup, gy.shape[1] - cs, hu, wu, cs, 0, 0, 0)
     return gskip, gup

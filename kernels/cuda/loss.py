@@ -1,9 +1,11 @@
 """Fused weighted softmax cross-entropy (loss and logit gradient in one pass) and softmax.
 
-One thread per pixel (w fastest, so each channel plane is read coalesced): the channel maximum,
+One thread per pixel (a grid of images x pixels: no index division; consecutive threads read
+consecutive pixels of each channel plane, coalesced): the channel maximum,
 the log-sum-exp, the gradient w (p - onehot) written for every channel, and the pixel's loss.
 Each block then reduces its threads' loss sums (in float64), valid-pixel counts and bad-label
-counts in shared memory and writes one partial per block; the host adds the few partials.
+counts in shared memory and writes one partial per block; the partials are summed on the device
+and read back in one copy (the training step's only device-to-host transfer).
 """
 import functools
 import math
@@ -20,41 +22,39 @@ def _xent_kernel(dtype):
     zero, one = ACC(0), ACC(1)
 
     @cuda.jit
-    def xent(logits, labels, weights, has_weights, ignore, glogits, loss_part, count_part, bad_part):
-        n_, k_, h, wd = logits.shape
-        hw = h * wd
-        total = n_ * hw
+    def xent(logits, labels, weights, has_weights, ignore, glogits, parts):
+        """logits, glogits (N, K, H*W); labels, weights (N, H*W); grid y over the images, x over their
+        pixels (no index division). parts (3, blocks): each block's loss sum, valid-pixel count and
+        bad-label count."""
+        k_ = logits.shape[1]
+        n = cuda.blockIdx.y
         t = cuda.threadIdx.x
         loss = 0.0
         count = 0
         bad = 0
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-            n = e // hw
-            q = e - n * hw
-            i = q // wd
-            j = q - i * wd
-            lab = np.int64(labels[n, i, j])
+        for e in range(cuda.grid(1), logits.shape[2], cuda.gridsize(1)):
+            lab = np.int64(labels[n, e])
             valid = lab != ignore
             if valid and (lab < 0 or lab >= k_):
                 bad += 1                       # reported by the host as a ValueError
                 valid = False
             wt = zero
             if valid:
-                wt = weights[n, i, j] if has_weights else one
-            mx = logits[n, 0, i, j]
+                wt = weights[n, e] if has_weights else one
+            mx = logits[n, 0, e]
             for c in range(1, k_):
-                mx = max(mx, logits[n, c, i, j])
+                mx = max(mx, logits[n, c, e])
             s = zero
             for c in range(k_):
-                s += math.exp(logits[n, c, i, j] - mx)
+                s += math.exp(logits[n, c, e] - mx)
             lse = math.log(s)
             for c in range(k_):
-                pr = math.exp(logits[n, c, i, j] - mx - lse)
+                pr = math.exp(logits[n, c, e] - mx - lse)
                 if c == lab:
                     pr -= one
-                glogits[n, c, i, j] = wt * pr
+                glogits[n, c, e] = wt * pr
             if valid:
-                loss -= np.float64(wt) * np.float64(logits[n, lab, i, j] - mx - lse)
+                loss -= np.float64(wt) * np.float64(logits[n, lab, e] - mx - lse)
                 count += 1
         s_loss = cuda.shared.array(THREADS, np.float64)
         s_count = cuda.shared.array(THREADS, np.int64)
@@ -72,31 +72,33 @@ def _xent_kernel(dtype):
             cuda.syncthreads()
             half //= 2
         if t == 0:
-            b = cuda.blockIdx.x
-            loss_part[b] = s_loss[0]
-            count_part[b] = s_count[0]
-            bad_part[b] = s_bad[0]
+            b = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
+            parts[0, b] = s_loss[0]
+            parts[1, b] = s_count[0]          # counts below 2**53: exact in float64
+            parts[2, b] = s_bad[0]
 
     return xent
 
 
 @cuda.jit
 def _softmax(logits, probs, zero):
-    n_, k_, h, wd = logits.shape
-    hw = h * wd
-    for e in range(cuda.grid(1), n_ * hw, cuda.gridsize(1)):
-        n = e // hw
-        q = e - n * hw
-        i = q // wd
-        j = q - i * wd
-        mx = logits[n, 0, i, j]
+    """logits, probs (N, K, H*W); grid y over the images, x over their pixels."""
+    k_ = logits.shape[1]
+    n = cuda.blockIdx.y
+    for e in range(cuda.grid(1), logits.shape[2], cuda.gridsize(1)):
+        mx = logits[n, 0, e]
         for c in range(1, k_):
-            mx = max(mx, logits[n, c, i, j])
+            mx = max(mx, logits[n, c, e])
         s = zero
         for c in range(k_):
-            s += math.exp(logits[n, c, i, j] - mx)
+            s += math.exp(logits[n, c, e] - mx)
         for c in range(k_):
-            probs[n, c, i, j] = math.exp(logits[n, c, i, j] - mx) / s
+            probs[n, c, e] = math.exp(logits[n, c, e] - mx) / s
+
+
+def _per_image(a):
+    """The (N, K, H*W) or (N, H*W) view of a contiguous (N, K, H, W) or (N, H, W) array."""
+    return a.reshape(a.shape[:-2] + (a.shape[-2] * a.shape[-1],))
 
 
 def softmax_cross_entropy(logits, labels, weights, ignore=255):
@@ -109,18 +111,17 @@ def softmax_cross_entropy(logits, labels, weights, ignore=255):
     xp = arrays.array_module()
     logits, labels = arrays.contiguous(logits), arrays.contiguous(labels)
     has_weights = weights is not None
-    weights = arrays.contiguous(weights.astype(dt, copy=False)) if has_weights else logits[:1, 0, :1, :1]
+    weights = arrays.contiguous(weights.astype(dt, copy=False)) if has_weights else logits[:1, 0]
     glogits = xp.empty_like(logits)
-    grid = blocks(n * h * w)
-    loss_part = xp.zeros(grid, dtype=np.float64)
-    count_part = xp.zeros(grid, dtype=np.int64)
-    bad_part = xp.zeros(grid, dtype=np.int64)
+    grid = (blocks(h * w), n)
+    parts = xp.zeros((3, grid[0] * n), dtype=np.float64)
     if n * h * w:
-        launch(_xent_kernel(dt.name), grid, THREADS, logits, labels, weights, has_weights, int(ignore),
-               glogits, loss_part, count_part, bad_part)
-    if int(bad_part.sum()):
+        launch(_xent_kernel(dt.name), grid, THREADS, _per_image(logits), _per_image(labels), _per_image(weights),
+               has_weights, int(ignore), _per_image(glogits), parts)
+    loss, count, bad = arrays.to_numpy(parts.sum(axis=1))        # the step's one read-back to the host
+    if bad:
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}) or equal ignore={ignore}")
-    return float(loss_part.sum()), int(count_part.sum()), glogits
+    return float(loss), int(count), glogits
 
 
 def softmax(logits):
@@ -131,5 +132,5 @@ def softmax(logits):
     probs = arrays.array_module().empty_like(logits)
     n, _, h, w = logits.shape
     if n * h * w:
-        launch(_softmax, blocks(n * h * w), THREADS, logits, probs, logits.dtype.type(0))
+        launch(_softmax, (blocks(h * w), n), THREADS, _per_image(logits), _per_image(probs), logits.dtype.type(0))
     return probs

@@ -1,46 +1,57 @@
-"""2x2 / stride-2 max pooling with a uint8 argmax per window (first maximum wins on ties)."""
+"""2x2 / stride-2 max pooling with a uint8 argmax per window (first maximum wins on ties).
+
+Both kernels run on a grid shaped like the arrays (``arrays.plane_grid``): no index division.
+"""
 import numpy as np
 
 from . import arrays
-from .arrays import THREADS, blocks, cuda, launch, unravel_nchw
+from .arrays import cuda, launch, plane_grid
 
 
 @cuda.jit
 def _max_pool(x, y, idx):
-    """One thread per output pixel (w fastest): read the 2x2 window, keep the first maximum."""
-    n_, c_, ho, wo = y.shape
-    total = n_ * c_ * ho * wo
-    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        n, c, i, j = unravel_nchw(e, c_, ho, wo)
-        best = x[n, c, 2 * i, 2 * j]
+    """One thread per output pixel of each (image, channel) plane: the 2x2 window's first maximum."""
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if i >= y.shape[1] or j >= y.shape[2]:
+        return
+    for c in range(cuda.blockIdx.z, y.shape[0], cuda.gridDim.z):
+        best = x[c, 2 * i, 2 * j]
         arg = 0
-        v = x[n, c, 2 * i, 2 * j + 1]
+        v = x[c, 2 * i, 2 * j + 1]
         if v > best:
             best, arg = v, 1
-        v = x[n, c, 2 * i + 1, 2 * j]
+        v = x[c, 2 * i + 1, 2 * j]
         if v > best:
             best, arg = v, 2
-        v = x[n, c, 2 * i + 1, 2 * j + 1]
+        v = x[c, 2 * i + 1, 2 * j + 1]
         if v > best:
             best, arg = v, 3
-        y[n, c, i, j] = best
-        idx[n, c, i, j] = arg
+        y[c, i, j] = best
+        idx[c, i, j] = arg
 
 
 @cuda.jit
 def _max_pool_grad(gy, idx, gx, zero):
-    """One thread per input pixel (w fastest): its window's gradient if it was the argmax, else 0."""
-    n_, c_, h, wd = gx.shape
-    ho, wo = gy.shape[2], gy.shape[3]
-    total = n_ * c_ * h * wd
-    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
-        n, c, i, j = unravel_nchw(e, c_, h, wd)
-        i2 = i // 2
-        j2 = j // 2
+    """One thread per input pixel of each plane: its window's gradient if it was the argmax, else 0."""
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if i >= gx.shape[1] or j >= gx.shape[2]:
+        return
+    i2 = i // 2
+    j2 = j // 2
+    inside = i2 < gy.shape[1] and j2 < gy.shape[2]
+    where = 2 * (i - 2 * i2) + (j - 2 * j2)
+    for c in range(cuda.blockIdx.z, gx.shape[0], cuda.gridDim.z):
         g = zero
-        if i2 < ho and j2 < wo and idx[n, c, i2, j2] == 2 * (i - 2 * i2) + (j - 2 * j2):
-            g = gy[n, c, i2, j2]
-        gx[n, c, i, j] = g
+        if inside and idx[c, i2, j2] == where:
+            g = gy[c, i2, j2]
+        gx[c, i, j] = g
+
+
+def _planes(a):
+    """The (N*C, H, W) view of a contiguous (N, C, H, W) array."""
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[2], a.shape[3])
 
 
 def max_pool2d_forward(x):
@@ -54,7 +65,8 @@ def max_pool2d_forward(x):
     y = xp.empty((n, c, h // 2, w // 2), dtype=x.dtype)
     idx = xp.empty(y.shape, dtype=np.uint8)
     if y.size:
-        launch(_max_pool, blocks(y.size), THREADS, x, y, idx)
+        grid, block = plane_grid(h // 2, w // 2, n * c)
+        launch(_max_pool, grid, block, _planes(x), _planes(y), _planes(idx))
     return y, idx
 
 
@@ -64,5 +76,6 @@ def max_pool2d_backward(gy, idx, x_shape):
     gy, idx = arrays.contiguous(gy), arrays.contiguous(idx)
     gx = arrays.array_module().empty(tuple(x_shape), dtype=gy.dtype)
     if gx.size:
-        launch(_max_pool_grad, blocks(gx.size), THREADS, gy, idx, gx, gy.dtype.type(0))
+        grid, block = plane_grid(x_shape[2], x_shape[3], x_shape[0] * x_shape[1])
+        launch(_max_pool_grad, grid, block, _planes(gy), _planes(idx), _planes(gx), gy.dtype.type(0))
     return gx
