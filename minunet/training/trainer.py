@@ -61,6 +61,16 @@ class Trainer:
         self.echo = echo
         self.out = Path(config.out)
         self.run_dir = RunDirectory(self.out)
+        self.run_dir.check_writable()
+        if self.out.is_dir():
+            self.run_dir.acquire()          # one writer per run directory, before reading what it holds
+        try:
+            self._setup(config, resume, sampler)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config, resume, sampler):
         config = self._prepare_directory(config, resume)
         config.device = resolve_device(config.device)
         if config.iterations is None and config.minutes is None:
@@ -101,10 +111,10 @@ class Trainer:
         self._validation = None
         if resume:
             self._load_state(self.out / "checkpoint.h5")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.run_dir.acquire()
         if not resume:
             self.run_dir.clear_results()
-        self._write_config(resume)
+        self._record = self._config_record(resume)       # written with the session's first checkpoint
 
     # ------------------------------------------------------------------ setup
 
@@ -174,7 +184,9 @@ class Trainer:
         return [(coarse_index(s, len(sizes) - i, out, config.up_kernel), w)
                 for i, (s, w) in enumerate(zip(sizes, config.aux_weights))]
 
-    def _write_config(self, resume):
+    def _config_record(self, resume):
+        """config.json's new content; written by :meth:`save` once this session has a checkpoint, so
+        that settings that failed (a --resume --lr that diverges at once) never replace good ones."""
         record = self.run_dir.read_config() if resume else {}
         sha = file_sha256(self.config.data)
         if resume and record.get("data_sha256") not in (None, sha):
@@ -187,7 +199,7 @@ class Trainer:
                       model=self.model.config(), parameters=self.model.num_parameters(),
                       geometry=dataclasses.asdict(self.geometry), train_slices=self.train_slices,
                       val_slices=self.val_slices, sessions=sessions)
-        self.run_dir.write_config(record)
+        return record
 
     def log(self, message):
         """A line in train.log (with the time) and, unless quiet, on the terminal."""
@@ -211,6 +223,9 @@ class Trainer:
         rng = {"dropout": generator_state(self.model.dropout_rng), "sampler": jsonable(self.sampler.state())}
         save_checkpoint(path, self.model, self.optimizer, self.iteration, rng=rng, extra=self.state_extra())
         self._last_save = time.monotonic()
+        if self._record is not None and path == self.run_dir.checkpoint:
+            self.run_dir.write_config(self._record)
+            self._record = None
 
     def _diverged_advice(self):
         """The likely cause of a NaN/Inf and what to do, naming the last good checkpoint."""
@@ -279,10 +294,11 @@ class Trainer:
         return value
 
     def close(self):
-        """Stop the sampling workers and close the data file (the run directory stays as it is)."""
-        close = getattr(self.sampler, "close", None)
+        """Stop the sampling workers, close the data file and unlock the run directory."""
+        close = getattr(getattr(self, "sampler", None), "close", None)
         if close is not None:
             close()
+        self.run_dir.release()
 
     # ------------------------------------------------------------------ validation
 
@@ -295,7 +311,11 @@ class Trainer:
         return self._validation
 
     def validate(self):
-        """The :class:`Scores` of the model on the validation slices (overlap-tile prediction)."""
+        """The :class:`Scores` of the model on the validation slices (overlap-tile prediction);
+        TrainingDiverged first if the weights are no longer finite (they would predict NaN)."""
+        if not _finite_params(self.model):
+            raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
+                                   + self._diverged_advice())
         return self.validation.score(self.validation.probabilities(self.model, self.config.tile))
 
     # ------------------------------------------------------------------ the loop
@@ -318,13 +338,14 @@ class Trainer:
         """
         self._t0 = time.monotonic()
         self._last_save = self._t0
+        self.run_dir.acquire()                 # held from here until the run ends
         previous = install_handlers(self) if handle_signals else {}
         c = self.config
         self.log(f"{'resuming' if self.iteration else 'training'} at iteration {self.iteration}: "
                  f"{self.model.num_parameters():,} parameters, depth {c.depth}, width {c.width}, "
                  f"tile {self.geometry.input_size} -> {self.geometry.output_size}, {c.optimizer} lr {c.lr:g}, "
                  f"device {c.device}, train slices {c.train_slices}, val slices {c.val_slices}")
-        history = []
+        history, start = [], self.iteration
         try:
             reason = self.done()
             if reason is not None:
@@ -342,19 +363,33 @@ class Trainer:
                 elif time.monotonic() - self._last_save > 60 * c.checkpoint_minutes:
                     self.save()
             if self.stop_signal is not None and reason is None:
-                self.save()
                 reason = "signal"
-                self.log(f"stopped by {signal.Signals(self.stop_signal).name} at iteration {self.iteration}; "
-                         f"checkpoint written; continue with: minunet train --out {self.out} --resume")
+                self._stop_on_signal(start)
             elif history:
                 self.log(f"finished at iteration {self.iteration} ({reason} budget spent) after "
                          f"{self.elapsed():.0f} s; {self.summary()}")
-        except TrainingDiverged as err:
+        except UserError as err:
+            if not isinstance(err, TrainingDiverged) and self.run_dir.checkpoint.is_file():
+                err = UserError(f"{err}; then continue with: minunet train --out {self.out} --resume")
             self.log(f"stopped: {err}")
-            raise
+            raise err from None
         finally:
             restore_handlers(previous)
+            self.run_dir.release()
         return TrainResult(self.iteration, reason, self.stop_signal, self.best_score, self.best_iteration, history)
+
+    def _stop_on_signal(self, start):
+        """After SIGINT/SIGTERM: a checkpoint if this session trained, and a log line saying so."""
+        name = signal.Signals(self.stop_signal).name
+        if self.iteration > start:
+            self.save()
+            self.log(f"stopped by {name} at iteration {self.iteration}; checkpoint written; continue with: "
+                     f"minunet train --out {self.out} --resume")
+        elif self.run_dir.checkpoint.is_file():
+            self.log(f"stopped by {name} before the first step; {self.run_dir.checkpoint} still holds "
+                     f"iteration {self.iteration}; continue with: minunet train --out {self.out} --resume")
+        else:
+            self.log(f"stopped by {name} before the first step; no checkpoint was written")
 
     def record(self, validate=True):
         """Append a metrics row (the mean training loss since the last row, and the validation
