@@ -16,6 +16,7 @@ and warns. Palette PNGs keep their palette indices; 1-bit images become 0/255 ui
 """
 import contextlib
 import glob as globlib
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -102,11 +103,24 @@ BLOCKWISE_ADVICE = ("for images this large, predict block-wise from an HDF5 or Z
                     "output (docs/scaling.md)")
 
 
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs what it finds odd in a file (as warnings and errors) and carries on; minunet's
+    own one-line errors say what matters, so those logs are silenced while minunet reads."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _tiff_layout(path):
     """The :class:`Layout` a TIFF declares (its first series), read from its headers only."""
     import tifffile
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
     except Exception as err:  # tifffile raises many types for corrupt files
@@ -250,7 +264,7 @@ def _read_tiff(path, rgb):
     import tifffile
     check_decodable(path, _tiff_layout(path))
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
             array = series.asarray()

@@ -88,8 +88,8 @@ def damaged(path, kind, err):
     text = str(err)
     cut = re.search(r"eof = (\d+).*stored_eof = (\d+)", text, re.S)
     if cut:
-        return UserError(f"{path}: incomplete {kind}: the file ends after {gib(int(cut.group(1)))} of the "
-                         f"{gib(int(cut.group(2)))} it declares (an interrupted copy or download?); copy it again")
+        return UserError(f"{path}: incomplete {kind}: the file ends after {int(cut.group(1)):,} of the "
+                         f"{int(cut.group(2)):,} bytes it declares (an interrupted copy or download?); copy it again")
     return UserError(f"{path}: damaged {kind} ({_hdf5_reason(err)}); restore it from a backup or write it again")
 
 
@@ -263,8 +263,9 @@ class H5Reader:
             return False
         values = {n: self.attr(obj, n) for n in names if n in obj.attrs}
         if attributes_sha256(values) != stored:
-            raise UserError(f"{self.path}: damaged {self.kind}: the attributes of {obj.name} do not match "
-                            "their checksum; restore the file from a backup or write it again")
+            owner = "its attributes" if obj.name == "/" else f"the attributes of {obj.name}"
+            raise UserError(f"{self.path}: damaged {self.kind}: {owner} do not match their checksum; restore "
+                            "the file from a backup or write it again")
         return True
 
 

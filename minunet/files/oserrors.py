@@ -5,6 +5,7 @@ A write that fails for a reason of the machine, not of minunet, is reported as a
 """
 import errno
 import os
+import re
 
 from minunet.errors import UserError
 
@@ -24,6 +25,8 @@ _FIXES = {
 def reason(err):
     """What the system said, in a few words ("no space left on device")."""
     code = getattr(err, "errno", None)
+    if code is None and re.search(r"\d+ requested and \d+ written", str(err)):
+        code = errno.ENOSPC                 # a short write (tifffile's words): the disk is full
     if code in errno.errorcode:
         text = os.strerror(code)            # h5py's messages run to several lines; this is one
     else:
@@ -33,6 +36,9 @@ def reason(err):
 
 def write_error(path, err, option="-o"):
     """A UserError for an OSError raised while writing ``path``."""
-    fix = _FIXES.get(getattr(err, "errno", None), "choose another location")
+    code = getattr(err, "errno", None)
+    if code is None and reason(err) == os.strerror(errno.ENOSPC).lower():
+        code = errno.ENOSPC
+    fix = _FIXES.get(code, "choose another location")
     where = f"{option} {path}" if option else str(path)
     return UserError(f"{where}: cannot write ({reason(err)}); {fix}")

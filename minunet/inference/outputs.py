@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from minunet.errors import UserError
-from minunet.files.atomic import atomic_h5, atomic_h5_file, check_output_folder, write_tiff_atomic
+from minunet.files.atomic import atomic_h5, atomic_h5_file, check_output_folder, h5_size_bound, write_tiff_atomic
 from minunet.files.hdf5 import open_h5
 from minunet.files.oserrors import write_error
 from minunet.files.space import check_free_space
@@ -71,6 +71,14 @@ def check_output(spec, inputs, force, option="-o"):
     if path.exists() and not force and kind != "hdf5":
         raise UserError(f"{option} {spec}: output exists; pass --force to overwrite it or choose another name")
     check_output_folder(path, option)
+
+
+def check_output_space(spec, nbytes):
+    """UserError before the work when the output's disk lacks room for ``nbytes`` (plus, for an
+    existing HDF5 file, the copy of it that the atomic write makes)."""
+    path, kind, _ = parse_spec(spec)
+    existing = path.stat().st_size if kind == "hdf5" and path.is_file() else 0
+    check_free_space(path, h5_size_bound(nbytes) + existing)
 
 
 def write_output(spec, array, output_format, meta, force=False):

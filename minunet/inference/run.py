@@ -51,12 +51,15 @@ def read_input(spec, in_channels):
 
 def check_job_memory(spec, classes, output_format):
     """UserError, before anything is decoded, when the whole-image job cannot fit in memory: the
-    input, its float32 copy, the class probabilities and the output (sizes from the file headers)."""
+    input, its float32 copy, the class probabilities and the output (sizes from the file headers).
+    Returns the bytes of the output array."""
     n, height, width, dtype = stack_layout(spec)
     shape, out_dtype = outputs.output_layout((n, height, width), classes, output_format)
     per_pixel = np.dtype(dtype).itemsize + 4 + 4 * classes
-    need = n * height * width * per_pixel + int(np.prod(shape, dtype=np.float64)) * np.dtype(out_dtype).itemsize
-    check_memory(need, f"{spec}: {n} x {height} x {width} pixels", BLOCKWISE_ADVICE)
+    out_bytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(out_dtype).itemsize
+    check_memory(n * height * width * per_pixel + out_bytes, f"{spec}: {n} x {height} x {width} pixels",
+                 BLOCKWISE_ADVICE)
+    return out_bytes
 
 
 def check_tile_memory(model, tile, batch, device):
@@ -87,7 +90,7 @@ def predict_to_file(request, progress=None):
         check_tile_memory(model, r.tile, r.batch, r.device)
     pad = r.pad or trained_pad(checkpoint)
     output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes))
-    check_job_memory(r.input_spec, model.classes, output_format)
+    outputs.check_output_space(r.output_spec, check_job_memory(r.input_spec, model.classes, output_format))
     stack = read_input(r.input_spec, model.in_channels)
     n, h, w = stack.shape
     tile = r.tile or tiling.fit_tile(model, tiling.choose_tile(model, r.device, batch=r.batch), h, w)

@@ -137,7 +137,7 @@ def load_checkpoint(path, training_state=True):
 def _read_arrays(r, group, expected, checksums):
     """The float32 datasets of ``group`` (names and shapes exactly ``expected``), each verified."""
     wanted = dict(expected)
-    found = _dataset_names(r, r.get(group, h5py.Group), len(wanted))
+    found = _dataset_names(r, r.get(group, h5py.Group), len(wanted) + 16)    # a few extra are named
     odd = sorted(set(found) ^ set(wanted))
     if odd:
         state = "unexpected" if odd[0] in found else "missing"

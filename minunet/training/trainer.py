@@ -312,11 +312,15 @@ class Trainer:
 
     def validate(self):
         """The :class:`Scores` of the model on the validation slices (overlap-tile prediction);
-        TrainingDiverged first if the weights are no longer finite (they would predict NaN)."""
+        TrainingDiverged instead when the weights or the predictions are no longer finite."""
         if not _finite_params(self.model):
             raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
                                    + self._diverged_advice())
-        return self.validation.score(self.validation.probabilities(self.model, self.config.tile))
+        probs = self.validation.probabilities(self.model, self.config.tile)
+        if not np.isfinite(probs).all():
+            raise TrainingDiverged(f"the predictions became NaN or infinite by iteration {self.iteration} "
+                                   "(the weights grew too large): " + self._diverged_advice())
+        return self.validation.score(probs)
 
     # ------------------------------------------------------------------ the loop
 
