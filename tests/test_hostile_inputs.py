@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from tests.cli_runner import run
 from tests.hostile import assert_limited_refusal, refused, run_limited, tiff_image, tiny_model
 
 
@@ -95,3 +96,20 @@ def test_image_stems_must_be_unique(tmp_path, capsys, rng):
     tiff_image(tmp_path / "img" / "1.tif", rng.integers(0, 256, (16, 16), dtype=np.uint8))
     refused(["data", "convert", tmp_path / "img", tmp_path / "lab", "-o", tmp_path / "d.h5"], capsys,
             "share the stem '1'", folders=[tmp_path])
+
+
+def test_evaluate_names_the_bit_depth_of_an_integer_probability_map(tmp_path, capsys, rng):
+    truth = (rng.random((32, 32)) > 0.3).astype(np.uint8) * 255
+    tiff_image(tmp_path / "truth.tif", truth)
+    tiff_image(tmp_path / "pred.tif", rng.integers(0, 65536, (32, 32), dtype=np.uint16))
+    err = refused(["evaluate", tmp_path / "pred.tif", tmp_path / "truth.tif"], capsys, "16-bit", folders=[tmp_path])
+    assert "8-bit" not in err
+
+
+def test_evaluate_explains_labels_without_cells(tmp_path, capsys, rng):
+    tiff_image(tmp_path / "truth.tif", np.zeros((32, 32), np.uint8))
+    tiff_image(tmp_path / "pred.tif", rng.random((32, 32)).astype(np.float32))
+    refused(["evaluate", tmp_path / "pred.tif", tmp_path / "truth.tif"], capsys, "truth.tif",
+            "every pixel is 0 (membrane)", "Rand error undefined", folders=[tmp_path])
+    code, out, err = run(["evaluate", tmp_path / "pred.tif", tmp_path / "truth.tif", "--metrics", "iou"], capsys)
+    assert code == 0, err

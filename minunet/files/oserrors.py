@@ -34,11 +34,15 @@ def reason(err):
     return text[0].lower() + text[1:]
 
 
+def where(option, path):
+    """How a message names a file: ``-o out.tif`` when an option chose it, else the path alone."""
+    return f"{option} {path}" if option else str(path)
+
+
 def write_error(path, err, option="-o"):
     """A UserError for an OSError raised while writing ``path``."""
     code = getattr(err, "errno", None)
     if code is None and reason(err) == os.strerror(errno.ENOSPC).lower():
         code = errno.ENOSPC
     fix = _FIXES.get(code, "choose another location")
-    where = f"{option} {path}" if option else str(path)
-    return UserError(f"{where}: cannot write ({reason(err)}); {fix}")
+    return UserError(f"{where(option, path)}: cannot write ({reason(err)}); {fix}")

@@ -9,6 +9,7 @@ import os
 import resource
 
 from minunet.errors import UserError
+from minunet.files.oserrors import where
 
 
 def gib(nbytes):
@@ -93,5 +94,5 @@ def check_free_space(path, nbytes, option="-o"):
     folder = os.path.dirname(os.path.abspath(path))
     free = free_bytes(folder)
     if free is not None and nbytes > free:
-        raise UserError(f"{option} {path}: needs about {gib(nbytes)} but only {gib(free)} are free on that "
-                        f"disk; free some space or write to another disk")
+        raise UserError(f"{where(option, path)}: needs about {gib(nbytes)} but only {gib(free)} are free on that disk; "
+                        "free some space or write to another disk")

@@ -82,7 +82,7 @@ def save_checkpoint(path, model, optimizer=None, iteration=0, rng=None, extra=No
         opt.attrs.update(scalars)
         seal_attributes(opt, sorted(scalars))
         seal_attributes(f, ROOT_ATTRS)
-    atomic_h5(path, write, nbytes=sum(a.nbytes for a in arrays.values()))
+    atomic_h5(path, write, nbytes=sum(a.nbytes for a in arrays.values()), option=None)
 
 
 def optimizer_settings(optimizer):

@@ -86,7 +86,7 @@ class RunDirectory:
 
     def write_config(self, record):
         """Replace config.json atomically."""
-        with atomic_path(self.config) as tmp:
+        with atomic_path(self.config, option=None) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
 
     def append_metrics(self, row):
@@ -108,7 +108,7 @@ class RunDirectory:
         with open(self.metrics, newline="") as f:
             rows = list(csv.reader(f))
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
-        with atomic_path(self.metrics) as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(self.metrics, option=None) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
     def plot(self):
@@ -141,7 +141,7 @@ def plot_curves(metrics_path, png_path):
     ax2.legend()
     fig.tight_layout()
     try:
-        with atomic_path(png_path) as tmp:
+        with atomic_path(png_path, option=None) as tmp:
             fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
