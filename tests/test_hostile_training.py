@@ -130,7 +130,7 @@ def test_second_training_on_the_same_folder_is_refused(data_file, tmp_path, caps
     first = start(["--data", data_file, "--out", out, "--iterations", "1000000", "--val-every", "2",
                    "--workers", "0", *SMALL])
     try:
-        assert wait_for(lambda: (out / "checkpoint.h5").is_file())
+        assert wait_for(lambda: (out / "checkpoint.h5").is_file() and (out / "config.json").is_file())
         (out / ".checkpoint.h5.tmp-in-flight").write_bytes(b"being written")   # the first run's, not stale
         log = (out / "train.log").read_text()
         refused(["train", "--data", data_file, "--out", out, "--iterations", "2", *SMALL], capsys,

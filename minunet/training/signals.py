@@ -35,3 +35,19 @@ def install_handlers(trainer):
 def restore_handlers(previous):
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def stop_after_signal(trainer, start):
+    """After SIGINT/SIGTERM: a checkpoint if this session trained (``start``: its first iteration),
+    and a log line saying what there is to resume."""
+    name = signal.Signals(trainer.stop_signal).name
+    checkpoint = trainer.run_dir.checkpoint
+    resume = f"continue with: minunet train --out {trainer.out} --resume"
+    if trainer.iteration > start:
+        trainer.save()
+        trainer.log(f"stopped by {name} at iteration {trainer.iteration}; checkpoint written; {resume}")
+    elif checkpoint.is_file():
+        trainer.log(f"stopped by {name} before the first step; {checkpoint} still holds iteration "
+                    f"{trainer.iteration}; {resume}")
+    else:
+        trainer.log(f"stopped by {name} before the first step; no checkpoint was written")

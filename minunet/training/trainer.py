@@ -11,7 +11,6 @@ iterations in one go: everything random is drawn from generators saved in the ch
 """
 import dataclasses
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from minunet.training.config import DEFAULT_AUX_WEIGHT, DEFAULT_LR, TrainResult
 from minunet.training.memory import check_memory
 from minunet.training.provenance import file_sha256, jsonable, versions
 from minunet.training.rundir import RunDirectory
-from minunet.training.signals import install_handlers, restore_handlers
+from minunet.training.signals import install_handlers, restore_handlers, stop_after_signal
 from minunet.training.supervision import IGNORE, coarse_index, coarse_targets
 from minunet.training.validation import ADVICE, BASELINE_MARGIN, Validation, degenerate_reason
 
@@ -221,11 +220,11 @@ class Trainer:
             raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
                                    + self._diverged_advice())
         rng = {"dropout": generator_state(self.model.dropout_rng), "sampler": jsonable(self.sampler.state())}
+        if self._record is not None and path == self.run_dir.checkpoint:
+            self.run_dir.write_config(self._record)      # first: a checkpoint never lacks its config.json
+            self._record = None
         save_checkpoint(path, self.model, self.optimizer, self.iteration, rng=rng, extra=self.state_extra())
         self._last_save = time.monotonic()
-        if self._record is not None and path == self.run_dir.checkpoint:
-            self.run_dir.write_config(self._record)
-            self._record = None
 
     def _diverged_advice(self):
         """The likely cause of a NaN/Inf and what to do, naming the last good checkpoint."""
@@ -368,7 +367,7 @@ class Trainer:
                     self.save()
             if self.stop_signal is not None and reason is None:
                 reason = "signal"
-                self._stop_on_signal(start)
+                stop_after_signal(self, start)
             elif history:
                 self.log(f"finished at iteration {self.iteration} ({reason} budget spent) after "
                          f"{self.elapsed():.0f} s; {self.summary()}")
@@ -381,19 +380,6 @@ class Trainer:
             restore_handlers(previous)
             self.run_dir.release()
         return TrainResult(self.iteration, reason, self.stop_signal, self.best_score, self.best_iteration, history)
-
-    def _stop_on_signal(self, start):
-        """After SIGINT/SIGTERM: a checkpoint if this session trained, and a log line saying so."""
-        name = signal.Signals(self.stop_signal).name
-        if self.iteration > start:
-            self.save()
-            self.log(f"stopped by {name} at iteration {self.iteration}; checkpoint written; continue with: "
-                     f"minunet train --out {self.out} --resume")
-        elif self.run_dir.checkpoint.is_file():
-            self.log(f"stopped by {name} before the first step; {self.run_dir.checkpoint} still holds "
-                     f"iteration {self.iteration}; continue with: minunet train --out {self.out} --resume")
-        else:
-            self.log(f"stopped by {name} before the first step; no checkpoint was written")
 
     def record(self, validate=True):
         """Append a metrics row (the mean training loss since the last row, and the validation
