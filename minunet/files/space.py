@@ -37,15 +37,19 @@ def _meminfo():
 
 
 def _cgroup_headroom():
-    """What the process's cgroup (v2) still allows, or None without a limit."""
+    """What the process's cgroup (v2) still allows, counting its page cache as reclaimable; None
+    without a limit."""
     try:
         with open("/sys/fs/cgroup/memory.max") as f:
             limit = f.read().strip()
         if limit == "max":
             return None
         with open("/sys/fs/cgroup/memory.current") as f:
-            return max(int(limit) - int(f.read()), 0)
-    except (OSError, ValueError):
+            used = int(f.read())
+        with open("/sys/fs/cgroup/memory.stat") as f:
+            cache = next((int(line.split()[1]) for line in f if line.startswith("file ")), 0)
+        return max(int(limit) - used + cache, 0)
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -44,6 +44,10 @@ class RunDirectory:
         """UserError unless the folder exists and can be written, or can be created."""
         check_folder_creatable(self.path, "--out")
 
+    def holds_a_run(self):
+        """Whether the folder holds (or held) a run: a lock, a checkpoint or a config.json."""
+        return any(p.exists() for p in (self.lock.path, self.checkpoint, self.config))
+
     def acquire(self):
         """Create the folder, lock it for this process and remove stale temporary files (what a
         killed writer left); returns their names. A UserError names the PID of another holder."""

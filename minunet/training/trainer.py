@@ -61,7 +61,7 @@ class Trainer:
         self.out = Path(config.out)
         self.run_dir = RunDirectory(self.out)
         self.run_dir.check_writable()
-        if self.out.is_dir():
+        if self.run_dir.holds_a_run():
             self.run_dir.acquire()          # one writer per run directory, before reading what it holds
         try:
             self._setup(config, resume, sampler)
@@ -232,7 +232,7 @@ class Trainer:
         cause = f"the learning rate (--lr {lr:g}) is probably too high for this data"
         ckpt = self.out / "checkpoint.h5"
         if ckpt.is_file():
-            iteration = load_checkpoint(ckpt).iteration
+            iteration = load_checkpoint(ckpt, training_state=False).iteration
             return (f"{cause}; {ckpt} keeps the last good state (iteration {iteration}): continue it with "
                     f"`minunet train --out {self.out} --resume --lr {lower:g}`")
         return f"{cause}; no checkpoint was written yet: start again with a lower --lr (e.g. --lr {lower:g})"
