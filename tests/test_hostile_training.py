@@ -215,3 +215,11 @@ def test_no_best_model_is_named_without_validation(tmp_path, capsys):
     assert code == 0, err
     assert not (tmp_path / "run" / "best.h5").exists()
     assert "best.h5" not in out and "no validation" in out
+
+
+def test_a_refused_start_leaves_the_folder_as_it_was(data_file, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    refused(["train", "--data", data_file, "--out", tmp_path, "--tile", "90", *SMALL[:-4]], capsys, "--tile",
+            folders=[tmp_path])
+    refused(["train", "--data", tmp_path / "missing.h5", "--out", tmp_path, *SMALL], capsys, "missing.h5",
+            folders=[tmp_path])
