@@ -160,7 +160,7 @@ class H5Reader:
                     self.fail(f"{walked} is missing")
                 return None
             if isinstance(link, h5py.ExternalLink):
-                self.fail(f"{walked} is a link to another file ({link.filename}); minunet does not follow "
+                self.fail(f"{walked} is a link to another file ({str(link.filename)[:80]}); minunet does not follow "
                           "links out of a file")
             if not isinstance(link, h5py.HardLink):
                 self.fail(f"{walked} is a soft link; minunet does not follow links inside its files")
@@ -192,7 +192,7 @@ class H5Reader:
         if ds.is_virtual:
             self.fail(f"{name} is a virtual dataset (made of other files' data); minunet reads no other file")
         if ds.external:
-            self.fail(f"{name} keeps its data in another file ({ds.external[0][0]}); minunet reads no other file")
+            self.fail(f"{name} keeps its data in another file ({str(ds.external[0][0])[:80]}); minunet reads no other file")
         dtype = ds.dtype
         if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
             self.fail(f"{name} holds {dtype} values, not real numbers")
@@ -251,7 +251,9 @@ class H5Reader:
         try:
             value = json.loads(text)
         except ValueError as err:
-            self.fail(f"attribute '{name}' is not valid JSON ({err.msg} at character {err.pos})")
+            self.fail(f"attribute '{name}' is not valid JSON ({str(getattr(err, 'msg', err))[:80]})")
+        except RecursionError:
+            self.fail(f"attribute '{name}' nests its JSON too deeply")
         if not isinstance(value, expect):
             self.fail(f"attribute '{name}' holds a JSON {type(value).__name__}, not a {expect.__name__}")
         return value

@@ -141,7 +141,7 @@ def _read_arrays(r, group, expected, checksums):
     odd = sorted(set(found) ^ set(wanted))
     if odd:
         state = "unexpected" if odd[0] in found else "missing"
-        r.fail(f"/{group}/{odd[0]} is {state} for the architecture the file describes")
+        r.fail(f"/{group}/{odd[0][:80]} is {state} for the architecture the file describes")
     arrays = {}
     for name, shape in expected:
         ds = r.dataset(f"/{group}/{name}", shape=shape, dtypes=[np.float32])
@@ -177,7 +177,7 @@ def _optimizer_scalars(r, settings, checksums):
         r.fail("/optimizer has no attribute checksum, so it cannot be verified")
     steps = r.attr(group, "steps")
     if not schema.is_count(steps):
-        r.fail(f"/optimizer steps is {steps!r}; expected a whole number >= 0", STATE_FIX)
+        r.fail(f"/optimizer steps is {schema.shown(steps)}; expected a whole number >= 0", STATE_FIX)
     return {"steps": steps}
 
 

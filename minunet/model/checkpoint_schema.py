@@ -19,6 +19,12 @@ PADS = ("mirror", "zero")
 MAX_COUNT = 2 ** 53                   # iterations, samples drawn, seeds: any count a run reaches
 
 
+def shown(value, limit=40):
+    """A value as a message quotes it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def is_count(value, low=0, high=MAX_COUNT):
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
@@ -32,17 +38,17 @@ def check_model(r, config):
     """The ``model`` attribute: known keys, integer sizes in range; returns it with defaults filled."""
     unknown = sorted(set(config) - set(MODEL_DEFAULTS))
     if unknown:
-        r.fail(f"attribute 'model' has unknown key '{unknown[0]}' (known: {', '.join(MODEL_DEFAULTS)})")
+        r.fail(f"attribute 'model' has unknown key {shown(unknown[0])} (known: {', '.join(MODEL_DEFAULTS)})")
     config = {**MODEL_DEFAULTS, **config}
     for key, (low, high) in MODEL_RANGES.items():
         if not is_count(config[key], low, high):
-            r.fail(f"model {key} is {config[key]!r}; expected a whole number from {low} to {high}")
+            r.fail(f"model {key} is {shown(config[key])}; expected a whole number from {low} to {high}")
     if config["up_kernel"] not in UP_KERNELS or isinstance(config["up_kernel"], bool):
-        r.fail(f"model up_kernel is {config['up_kernel']!r}; expected 2 or 4")
+        r.fail(f"model up_kernel is {shown(config['up_kernel'])}; expected 2 or 4")
     if not is_finite_number(config["dropout"], 0.0) or config["dropout"] >= 1:
-        r.fail(f"model dropout is {config['dropout']!r}; expected a number in [0, 1)")
+        r.fail(f"model dropout is {shown(config['dropout'])}; expected a number in [0, 1)")
     if not isinstance(config["deep_supervision"], bool):
-        r.fail(f"model deep_supervision is {config['deep_supervision']!r}; expected true or false")
+        r.fail(f"model deep_supervision is {shown(config['deep_supervision'])}; expected true or false")
     return config
 
 
@@ -80,23 +86,23 @@ def check_optimizer(r, settings):
         return {}
     kind = settings.get("kind")
     if kind not in OPTIMIZER_KEYS:
-        r.fail(f"optimizer kind is {kind!r}; expected sgd or adam")
+        r.fail(f"optimizer kind is {shown(kind)}; expected sgd or adam")
     keys = set(settings) - {"kind"}
     if keys != OPTIMIZER_KEYS[kind]:
         odd = sorted(keys ^ OPTIMIZER_KEYS[kind])[0]
-        r.fail(f"optimizer settings have an unknown or missing key '{odd}'")
+        r.fail(f"optimizer settings have an unknown or missing key {shown(odd)}")
     if not is_finite_number(settings["lr"], 0.0) or settings["lr"] <= 0:
-        r.fail(f"optimizer lr is {settings['lr']!r}; expected a positive number")
+        r.fail(f"optimizer lr is {shown(settings['lr'])}; expected a positive number")
     if not is_finite_number(settings["weight_decay"], 0.0):
-        r.fail(f"optimizer weight_decay is {settings['weight_decay']!r}; expected a number >= 0")
+        r.fail(f"optimizer weight_decay is {shown(settings['weight_decay'])}; expected a number >= 0")
     if kind == "sgd" and not (is_finite_number(settings["momentum"], 0.0) and settings["momentum"] < 1):
-        r.fail(f"optimizer momentum is {settings['momentum']!r}; expected a number in [0, 1)")
+        r.fail(f"optimizer momentum is {shown(settings['momentum'])}; expected a number in [0, 1)")
     if kind == "adam":
         betas = settings["betas"]
         if not (isinstance(betas, list) and len(betas) == 2 and all(is_finite_number(b, 0.0) and b < 1 for b in betas)):
-            r.fail(f"optimizer betas are {betas!r}; expected two numbers in [0, 1)")
+            r.fail(f"optimizer betas are {shown(betas)}; expected two numbers in [0, 1)")
         if not is_finite_number(settings["eps"], 0.0) or settings["eps"] <= 0:
-            r.fail(f"optimizer eps is {settings['eps']!r}; expected a positive number")
+            r.fail(f"optimizer eps is {shown(settings['eps'])}; expected a positive number")
     return settings
 
 
@@ -116,12 +122,12 @@ def check_generator_state(r, state, name):
           and all(is_count(v, 0, 2 ** 128 - 1) for v in state["state"].values())
           and is_count(state["has_uint32"], 0, 1) and is_count(state["uinteger"], 0, 2 ** 32 - 1))
     if not ok:
-        r.fail(f"the saved state of random generator '{name}' is not a NumPy PCG64 state",
+        r.fail(f"the saved state of random generator {shown(name)} is not a NumPy PCG64 state",
                "the training state in this checkpoint is damaged: start a new run")
     try:
         np.random.default_rng().bit_generator.state = state
     except (ValueError, TypeError, KeyError, OverflowError):
-        r.fail(f"the saved state of random generator '{name}' cannot be restored",
+        r.fail(f"the saved state of random generator {shown(name)} cannot be restored",
                "the training state in this checkpoint is damaged: start a new run")
 
 
@@ -132,7 +138,7 @@ def check_rng(r, rng):
         if isinstance(state, dict) and "bit_generator" in state:
             check_generator_state(r, state, name)
         elif not (isinstance(state, dict) and state and all(is_count(v, 0, 2 ** 64) for v in state.values())):
-            r.fail(f"the saved state of '{name}' ({str(state)[:60]}) is neither a generator state nor counts",
+            r.fail(f"the saved state of {shown(name)} ({shown(state, 60)}) is neither a generator state nor counts",
                    "the training state in this checkpoint is damaged: start a new run")
     return rng
 
@@ -145,21 +151,21 @@ def check_extra(r, extra):
               "config": lambda v: isinstance(v, dict) and v.get("pad", "mirror") in PADS}
     for key, ok in checks.items():
         if key in extra and not ok(extra[key]):
-            r.fail(f"attribute 'extra' has an invalid {key}: {str(extra[key])[:60]}")
+            r.fail(f"attribute 'extra' has an invalid {key}: {shown(extra[key], 60)}")
     return extra
 
 
 def check_iteration(r, value):
     """The ``iteration`` attribute: a count."""
     if not is_count(value):
-        r.fail(f"attribute 'iteration' is {value!r}; expected a whole number >= 0")
+        r.fail(f"attribute 'iteration' is {shown(value)}; expected a whole number >= 0")
     return value
 
 
 def check_version(r, value, newest):
     """The ``format_version`` attribute: 1 (no checksums) up to ``newest``."""
     if not is_count(value, 1):
-        r.fail(f"attribute 'format_version' is {value!r}; expected a whole number")
+        r.fail(f"attribute 'format_version' is {shown(value)}; expected a whole number")
     if value > newest:
         r.fail(f"checkpoint format {value} is newer than this minunet reads ({newest})", "upgrade minunet")
     return value
