@@ -107,9 +107,13 @@ def synth(out, slices, size, seed, w0, sigma, force):
 
     from minunet.data.convert import save_arrays
     from minunet.data.synth import synth_slice
+    from minunet.files.atomic import check_output_folder, h5_size_bound
+    from minunet.files.space import check_free_space
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")
+    check_output_folder(out)                            # before the work, not after it
+    check_free_space(out, h5_size_bound(slices * size * size * 6))
     start = time.perf_counter()
     pairs = [synth_slice(np.random.default_rng([seed, i]), size)
              for i in _progress(range(slices), "synthesising", slices)]

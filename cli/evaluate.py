@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from minunet.errors import UserError
 from minunet.files.specs import parse_spec
@@ -78,6 +79,15 @@ def _read(spec, role):
         raise UserError(f"{role} {spec}: expected single-channel slices, got an array of shape "
                         f"{stack.shape}; pass one channel (foreground probabilities or class ids)")
     return stack
+
+
+def _check_has_cells(truth, spec, chosen):
+    """UserError when every truth pixel is membrane: nothing to match, so the pixel error is 1 and
+    the Rand error undefined for any prediction (only IoU means something)."""
+    if set(chosen) - {"iou"} and not np.any(truth > 0):
+        raise UserError(f"TRUTH {spec}: every pixel is 0 (membrane), so there is no cell to score: the pixel "
+                        "error would be 1 and the Rand error undefined; check that these are the labels "
+                        "(cells > 0), or score with --metrics iou")
 
 
 def select_slices(pred, truth, indices, pred_name, truth_name):
@@ -222,6 +232,7 @@ def evaluate(pred, truth, slices, metrics, warping_theta, json_path):
     truth_stack = _read(truth_spec, "TRUTH")
     pred_stack, truth_stack, applied = select_slices(pred_stack, truth_stack, indices,
                                                      f"PRED {pred}", f"TRUTH {truth_spec}")
+    _check_has_cells(truth_stack, truth_spec, chosen)
     start = time.perf_counter()
     result = evaluate_stack(pred_stack, truth_stack, metrics=chosen, warping_theta=warping_theta,
                             pred_name=f"PRED {pred}", truth_name=f"TRUTH {truth_spec}")

@@ -10,6 +10,7 @@ import sys
 import click
 
 from minunet.errors import UserError
+from minunet.files.oserrors import reason
 from minunet.kernels import BackendUnavailable
 
 # name -> (module, attribute, one-line help shown by `minunet --help`)
@@ -61,6 +62,15 @@ def main(argv=None):
         cli.main(args=argv, prog_name="minunet", standalone_mode=False)
     except (UserError, BackendUnavailable) as err:
         click.echo(f"Error: {err}", err=True)
+        sys.exit(2)
+    except MemoryError:
+        click.echo("Error: out of memory; free memory, or make the job smaller (a smaller --tile or --batch, "
+                   "fewer slices, or block-wise prediction: docs/scaling.md)", err=True)
+        sys.exit(2)
+    except OSError as err:                # a full disk, a permission, a read-only file system: one line
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        click.echo(f"Error: {where}{reason(err)}; check the disk and the permissions, or choose another path",
+                   err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

@@ -98,7 +98,7 @@ def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad,
     from minunet.model.checkpoint import load_checkpoint
     if tta:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
-    checkpoint = load_checkpoint(model_path)
+    checkpoint = load_checkpoint(model_path, training_state=False)
     pad = pad or trained_pad(checkpoint)
     output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2),
                                                             ome=ome_zarr.is_output(output))

@@ -1,4 +1,5 @@
 """`minunet train`: train a U-Net on an HDF5 data file (see minunet.training.trainer for the loop)."""
+import signal
 import sys
 import time
 from pathlib import Path
@@ -109,12 +110,11 @@ def train(ctx, **opts):
     announce_compilation(trainer.config.device, progress.echo, opts["quiet"])
     try:
         result = trainer.run(progress=TrainProgress(progress))
-    except KeyboardInterrupt:             # a second Ctrl-C: no new checkpoint
+    except KeyboardInterrupt as err:      # a second Ctrl-C or SIGTERM: no new checkpoint
         progress.close()
         if comm.is_root:
-            click.echo(f"Aborted; {_last_checkpoint(trainer)}. Continue with: minunet train --out {trainer.out} --resume",
-                       err=True)
-        sys.exit(130)
+            click.echo(f"Aborted; {_last_checkpoint(trainer)}", err=True)
+        sys.exit(128 + getattr(err, "signum", signal.SIGINT))
     except UserError:                     # the same on every rank (a diverged loss): rank 0 says it
         if comm.is_root:
             raise
@@ -124,8 +124,7 @@ def train(ctx, **opts):
         trainer.close()
     if result.reason == "signal":
         if opts["quiet"] and comm.is_root:       # otherwise the log line has said it
-            click.echo(f"Stopped at iteration {result.iteration}; checkpoint written to {trainer.out / 'checkpoint.h5'}. "
-                       f"Continue with: minunet train --out {trainer.out} --resume", err=True)
+            click.echo(f"Stopped at iteration {result.iteration}; {_last_checkpoint(trainer)}", err=True)
         sys.exit(128 + result.signum)
     if not opts["quiet"]:
         best = f"best.h5: {trainer.summary()}" if trainer.run_dir.best.is_file() else trainer.summary()
@@ -168,7 +167,9 @@ def _config(ctx, opts):
 def _last_checkpoint(trainer):
     """Where the last checkpoint is, or that there is none yet."""
     path = trainer.run_dir.checkpoint
-    return f"{path} holds the last checkpoint" if path.is_file() else "no checkpoint was written yet"
+    if path.is_file():
+        return f"{path} holds the last checkpoint. Continue with: minunet train --out {trainer.out} --resume"
+    return "no checkpoint was written yet, so there is nothing to resume: start the run again"
 
 
 class TrainProgress:

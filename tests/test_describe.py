@@ -60,7 +60,7 @@ def test_zarr_store(tmp_path, model_file, rng, capsys):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("x.h5", b"no", "not an HDF5 file, or a damaged or incomplete one"),
+    ("x.h5", b"no", "not an HDF5 file"),
     ("x.txt", b"hello", "not a file minunet reads"),
 ])
 def test_unknown_files_are_one_line(tmp_path, capsys, name, content, message):

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from minunet.data import imageio
-from minunet.data.datafile import FORMAT_VERSION, RAW_DTYPES, default_class_names
+from minunet.data.datafile import ATTRIBUTES, FORMAT_VERSION, RAW_DTYPES, check_finite, default_class_names
 from minunet.errors import UserError
-from minunet.files.atomic import atomic_path
+from minunet.files.atomic import atomic_h5_file, check_output_folder
+from minunet.files.hdf5 import seal_attributes
+from minunet.files.specs import same_file
 
 CHUNK = 256                       # HDF5 chunk side: a training crop touches a few chunks per slice
 
@@ -91,10 +93,14 @@ def _pairs(images, labels):
             raise UserError(f"{images} has {len(img)} slices but {labels} has {len(lab)}; "
                             "give one label slice per image slice")
         return img, lab
+    for kind, stack in (("image", img), ("label", lab)):
+        seen = {}
+        for s in stack:
+            if s.stem in seen:
+                raise UserError(f"{s.path}: {kind} files {seen[s.stem].name} and {s.path.name} share the stem "
+                                f"'{s.stem}', so which one pairs with which is ambiguous; keep one")
+            seen[s.stem] = s.path
     stems = {s.stem: s for s in lab}
-    if len(stems) != len(lab):
-        dup = next(s for s in lab if sum(t.stem == s.stem for t in lab) > 1)
-        raise UserError(f"{dup.path}: two label files share the stem '{dup.stem}'; keep one")
     img_stems = {s.stem for s in img}
     for s in img:
         if s.stem not in stems:
@@ -111,9 +117,7 @@ def _arrays(spec, slices, rgb="refuse"):
     """Decode the given slices of a spec one at a time, in the given order (pairing may reorder)."""
     h5 = imageio.split_hdf5(spec)
     if h5 is not None:
-        import h5py
-        with h5py.File(h5[0], "r") as f:
-            ds = f[h5[1]]
+        with imageio.hdf5_dataset(*h5) as ds:
             for s in slices:
                 yield ds[()] if ds.ndim == 2 else ds[s.page]
         return
@@ -152,7 +156,6 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
     The file is written under a temporary name and renamed at the end: on any error nothing is
     left behind. Returns the output Path.
     """
-    import h5py
 
     from minunet.data import weights as wm
     out = Path(out)
@@ -160,8 +163,12 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")
     if w0 < 0 or sigma <= 0:
         raise UserError(f"--w0 {w0} / --sigma {sigma}: w0 must be >= 0 and sigma > 0")
+    _check_not_an_input(out, images, labels)
+    check_output_folder(out)
     img_slices, lab_slices = _pairs(images, labels)
     n = len(img_slices)
+    _, height, width, dtype = imageio.stack_layout(images)
+    nbytes = n * height * width * (max(np.dtype(dtype).itemsize, 4) + (5 if lab_slices is not None else 0))
     if lab_slices is not None:                # pass 1: which label values occur -> the class mapping
         values = set()
         for s, lab in zip(lab_slices, progress(_arrays(labels, lab_slices), "checking labels", n)):
@@ -174,14 +181,16 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
         names = list(class_names) if class_names else default_class_names(n_classes)
         if len(names) != n_classes:
             raise UserError(f"--names: {len(names)} names given for {n_classes} classes")
-    with atomic_path(out, force=force) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5_file(out, nbytes, force=force) as f:
         raw_ds = None
         for i, (s, raw) in enumerate(zip(img_slices, progress(_arrays(images, img_slices), "reading images", n))):
+            check_finite(raw, f"{_source_name(s)}", "replace them (e.g. with 0) before converting")
             if raw_ds is None:
                 first = s
                 h, w = raw.shape
                 chunks = (1, min(h, CHUNK), min(w, CHUNK))
-                raw_ds = f.create_dataset("raw", (n, h, w), dtype=_raw_dtype(raw, s.path), chunks=chunks)
+                raw_ds = f.create_dataset("raw", (n, h, w), dtype=_raw_dtype(raw, s.path), chunks=chunks,
+                                          fletcher32=True)
             elif raw.shape != raw_ds.shape[1:]:
                 raise UserError(f"{s.path}: image {s.stem} is {raw.shape[0]}x{raw.shape[1]} but {first.stem} is "
                                 f"{raw_ds.shape[1]}x{raw_ds.shape[2]}; all images must be the same size")
@@ -192,11 +201,12 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
         f.attrs.update(format_version=FORMAT_VERSION, created_by=_created_by(),
                        source_images=[_source_name(s) for s in img_slices], n_classes=0)
         if lab_slices is None:
+            seal_attributes(f, ATTRIBUTES)
             return out
         lut_values = np.array(sorted(mapping), dtype=np.int64)
         lut_ids = np.array([mapping[v] for v in lut_values], dtype=np.uint8)
         counts = np.zeros(n_classes, np.int64)
-        lab_ds = f.create_dataset("labels", raw_ds.shape, dtype=np.uint8, chunks=raw_ds.chunks)
+        lab_ds = f.create_dataset("labels", raw_ds.shape, dtype=np.uint8, chunks=raw_ds.chunks, fletcher32=True)
         for i, (s, lab) in enumerate(zip(lab_slices, _arrays(labels, lab_slices))):
             if lab.shape != raw_ds.shape[1:]:
                 raise UserError(f"{s.path}: label {s.stem} is {lab.shape[0]}x{lab.shape[1]} but its image "
@@ -206,14 +216,22 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
             lab_ds[i] = ids
             counts += np.bincount(ids.ravel(), minlength=n_classes)
         cw = wm.class_weights(counts)
-        w_ds = f.create_dataset("weights", raw_ds.shape, dtype=np.float32, chunks=raw_ds.chunks)
+        w_ds = f.create_dataset("weights", raw_ds.shape, dtype=np.float32, chunks=raw_ds.chunks, fletcher32=True)
         for i in progress(range(n), "weight maps", n):
             w_ds[i] = wm.weight_map(lab_ds[i], w0=w0, sigma=sigma, class_weight=cw, n_classes=n_classes)
         f.attrs.update(n_classes=n_classes, class_names=names, class_weights=cw,
                        class_values=json.dumps({str(k): v for k, v in sorted(mapping.items())}),
                        w0=float(w0), sigma=float(sigma), background=0,
                        source_labels=[_source_name(s) for s in lab_slices])
+        seal_attributes(f, ATTRIBUTES)
     return out
+
+
+def _check_not_an_input(out, *specs):
+    """UserError when the output file is one of the inputs (writing it would replace them)."""
+    for spec in specs:
+        if spec is not None and same_file(out, spec):
+            raise UserError(f"-o {out}: is an input of this command ({spec}); write the output to another file")
 
 
 def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, sigma=5.0, sources=None,
@@ -222,21 +240,22 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
 
     Used by ``data synth`` and tests; weights are computed as in :func:`convert`.
     """
-    import h5py
 
     from minunet.data import weights as wm
     out = Path(out)
     raw = np.asarray(raw)
     dtype = _raw_dtype(raw, out)
-    with atomic_path(out, force=force) as tmp, h5py.File(tmp, "w") as f:
+    check_finite(raw, f"{out}: raw", "replace them (e.g. with 0) before saving")
+    nbytes = raw.size * (dtype.itemsize + (5 if labels is not None else 0))
+    with atomic_h5_file(out, nbytes, force=force) as f:
         chunks = (1, min(raw.shape[1], CHUNK), min(raw.shape[2], CHUNK))
-        f.create_dataset("raw", data=raw.astype(dtype, copy=False), chunks=chunks)
+        f.create_dataset("raw", data=raw.astype(dtype, copy=False), chunks=chunks, fletcher32=True)
         if labels is not None:
             labels = np.asarray(labels, np.uint8)
             counts = np.bincount(labels.ravel(), minlength=n_classes)[:n_classes]
             cw = wm.class_weights(counts)
-            f.create_dataset("labels", data=labels, chunks=chunks)
-            w_ds = f.create_dataset("weights", raw.shape, dtype=np.float32, chunks=chunks)
+            f.create_dataset("labels", data=labels, chunks=chunks, fletcher32=True)
+            w_ds = f.create_dataset("weights", raw.shape, dtype=np.float32, chunks=chunks, fletcher32=True)
             for i in progress(range(len(labels)), "weight maps", len(labels)):
                 w_ds[i] = wm.weight_map(labels[i], w0=w0, sigma=sigma, class_weight=cw, n_classes=n_classes)
             f.attrs.update(n_classes=n_classes, class_weights=cw, w0=float(w0), sigma=float(sigma),
@@ -246,6 +265,7 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
             f.attrs["n_classes"] = 0
         f.attrs.update(format_version=FORMAT_VERSION, created_by=_created_by(),
                        source_images=list(sources or []))
+        seal_attributes(f, ATTRIBUTES)
     return out
 
 

@@ -11,6 +11,8 @@ File layout (``docs/data-format.md``; ``FORMAT_VERSION`` 1)::
 Normalisation (:func:`normalize`, used by training *and* prediction): uint8 / 255, uint16 / 65535,
 float data as is; always float32.
 """
+import contextlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +20,11 @@ import numpy as np
 
 from minunet.data.slices import parse_slices
 from minunet.errors import UserError
+from minunet.files.hdf5 import open_h5, row_blocks
+from minunet.files.space import check_memory
 
 FORMAT_VERSION = 1
+UNLABELLED = 255                 # a label value that means "no label here": no loss, not scored
 RAW_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
@@ -69,81 +74,127 @@ class DatasetInfo:
         return (self.n_slices, self.height, self.width)
 
 
-def _attr(value):
-    """HDF5 attribute -> plain Python (bytes -> str, arrays -> lists)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_attr(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_attr(v) for v in value]
-    return value
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) and len(v) <= 4096 for v in value)
+
+
+# the attributes minunet reads, each with its check (any other attribute is never read)
+ATTRIBUTES = {
+    "format_version": lambda v: isinstance(v, int) and 1 <= v,
+    "n_classes": lambda v: isinstance(v, int) and 0 <= v <= 255,
+    "class_names": _is_text_list,
+    "class_values": lambda v: isinstance(v, str),
+    "class_weights": lambda v: isinstance(v, list) and all(_is_number(w) and w >= 0 for w in v),
+    "w0": _is_number,
+    "sigma": _is_number,
+    "background": lambda v: isinstance(v, int),
+    "source_images": _is_text_list,
+    "source_labels": _is_text_list,
+    "created_by": lambda v: isinstance(v, str),
+}
+FIX = "make it with `minunet data convert` or `minunet data synth` (docs/data-format.md)"
+
+
+def _attributes(r):
+    """The known attributes of the file, each checked (a one-element list may be stored as a scalar)."""
+    attrs = {}
+    for name, ok in ATTRIBUTES.items():
+        value = r.attr(r.file, name, None)
+        if value is None:
+            continue
+        if name in ("class_names", "class_weights", "source_images", "source_labels") and not isinstance(value, list):
+            value = [value]
+        if not ok(value):
+            r.fail(f"attribute '{name}' holds an invalid value ({str(value)[:60]})")
+        attrs[name] = value
+    r.verify_attributes(r.file, list(ATTRIBUTES))
+    return attrs
+
+
+@contextlib.contextmanager
+def _reader(path):
+    """The data file open through the checked reader (:mod:`minunet.files.hdf5`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; make one with `minunet data convert` or `minunet data synth`")
+    with open_h5(path, "data file", FIX) as r:
+        yield r
+
+
+def _describe(r):
+    """Check the layout of an open data file (nothing read but one slice of labels, in blocks)."""
+    attrs = _attributes(r)
+    version = attrs.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        r.fail(f"format_version {version} is newer than this minunet reads ({FORMAT_VERSION})", "update minunet")
+    if r.file.get("raw", getlink=True) is None:
+        r.fail("no /raw dataset; is this a minunet data file? (see docs/data-format.md)")
+    raw = r.dataset("/raw", dtypes=RAW_DTYPES)
+    if raw.ndim != 3 or min(raw.shape) == 0:
+        r.fail(f"/raw has shape {raw.shape}; expected (N, H, W) with N, H, W >= 1")
+    labels = r.dataset("/labels", required=False)
+    weights = r.dataset("/weights", required=False)
+    n_classes = attrs.get("n_classes", 0 if labels is None else 2)
+    for ds, dtype in ((labels, np.uint8), (weights, np.float32)):
+        if ds is not None and ds.shape != raw.shape:
+            r.fail(f"{ds.name} has shape {ds.shape} but /raw {raw.shape}", "reconvert the data")
+        if ds is not None and ds.dtype != dtype:
+            r.fail(f"{ds.name} is {ds.dtype}; expected {np.dtype(dtype)}", "reconvert the data")
+    if labels is not None:
+        top = max(int(block.max()) for block in row_blocks(labels, 0))
+        if top >= n_classes:
+            r.fail(f"/labels holds class {top} but attribute n_classes is {n_classes}", "reconvert the data")
+    names = attrs.get("class_names") or default_class_names(n_classes)
+    return DatasetInfo(r.path, raw.shape[0], raw.shape[1], raw.shape[2], str(raw.dtype), labels is not None,
+                       weights is not None, n_classes, list(names), attrs)
 
 
 def open_dataset(path):
     """Validate a minunet data file and describe it (:class:`DatasetInfo`).
 
-    Checks that /raw is (N,H,W) of a supported type, that /labels and /weights (if present) match
-    it, that labels are uint8 below n_classes (first slice checked) and that the format version is
-    one this minunet reads. Every problem is a UserError naming the file and the field.
+    Through :mod:`minunet.files.hdf5`: no links, external or virtual storage; /raw (N,H,W) of a
+    supported type, /labels and /weights (if present) of its shape and their types, labels of the
+    first slice below n_classes, known attributes of the right types, the attribute checksum when
+    the file has one, a format version this minunet reads. Every problem is a one-line UserError.
     """
-    import h5py
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; make one with `minunet data convert` or `minunet data synth`")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path}: not an HDF5 file (or damaged); make one with `minunet data convert`") from None
-    with f:
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        version = int(attrs.get("format_version", FORMAT_VERSION))
-        if version > FORMAT_VERSION:
-            raise UserError(f"{path}: format_version {version} is newer than this minunet reads "
-                            f"({FORMAT_VERSION}); update minunet")
-        if "raw" not in f or not isinstance(f["raw"], h5py.Dataset):
-            raise UserError(f"{path}: no /raw dataset; is this a minunet data file? (see docs/data-format.md)")
-        raw = f["raw"]
-        if raw.ndim != 3 or raw.shape[0] == 0:
-            raise UserError(f"{path}: /raw has shape {raw.shape}; expected (N, H, W) with N >= 1")
-        if raw.dtype not in RAW_DTYPES:
-            raise UserError(f"{path}: /raw is {raw.dtype}; expected uint8, uint16 or float32")
-        has_labels = "labels" in f
-        has_weights = "weights" in f
-        n_classes = int(attrs.get("n_classes", 0 if not has_labels else 2))
-        if has_labels:
-            labels = f["labels"]
-            if labels.shape != raw.shape:
-                raise UserError(f"{path}: /labels has shape {labels.shape} but /raw {raw.shape}; reconvert the data")
-            if labels.dtype != np.uint8:
-                raise UserError(f"{path}: /labels is {labels.dtype}; expected uint8 class ids")
-            top = int(labels[0].max())
-            if top >= n_classes:
-                raise UserError(f"{path}: /labels holds class {top} but attribute n_classes is {n_classes}")
-        if has_weights:
-            weights = f["weights"]
-            if weights.shape != raw.shape:
-                raise UserError(f"{path}: /weights has shape {weights.shape} but /raw {raw.shape}; reconvert the data")
-            if weights.dtype != np.float32:
-                raise UserError(f"{path}: /weights is {weights.dtype}; expected float32")
-        names = attrs.get("class_names") or default_class_names(n_classes)
-        return DatasetInfo(path, raw.shape[0], raw.shape[1], raw.shape[2], str(raw.dtype), has_labels,
-                           has_weights, n_classes, list(names), attrs)
+    with _reader(path) as r:
+        return _describe(r)
+
+
+def check_labels(labels, n_classes, where):
+    """UserError when class ids at or above ``n_classes`` appear (a crafted or damaged file);
+    ``UNLABELLED`` (255) marks pixels without a label, which carry no loss."""
+    if not labels.size:
+        return
+    top = int(np.where(labels == UNLABELLED, 0, labels).max())
+    if top >= n_classes:
+        raise UserError(f"{where}: /labels holds class {top} but the file has {n_classes} "
+                        "classes; reconvert the data")
+
+
+def check_finite(image, where, fix="replace them (e.g. with 0) or mask them before using the image"):
+    """UserError when a float image holds NaN or infinite values (they would poison every result)."""
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise UserError(f"{where}: {bad} pixel(s) are NaN or infinite; {fix}")
 
 
 def info(path):
     """A human-readable multi-line summary of a data file (what ``minunet data info`` prints)."""
-    import h5py
-    d = open_dataset(path)
-    lines = [f"{d.path}: minunet data, format version {d.attrs.get('format_version', '?')}",
-             f"  raw       {d.n_slices} x {d.height} x {d.width} {d.dtype}"]
-    with h5py.File(d.path, "r") as f:
+    with _reader(path) as r:
+        d = _describe(r)
+        lines = [f"{d.path}: minunet data, format version {d.attrs.get('format_version', '?')}",
+                 f"  raw       {d.n_slices} x {d.height} x {d.width} {d.dtype}"]
         if d.has_labels:
+            labels = r.file["labels"]
             counts = np.zeros(max(d.n_classes, 1), np.int64)
             for i in range(d.n_slices):
-                counts += np.bincount(f["labels"][i].ravel(), minlength=len(counts))[:len(counts)]
+                for block in row_blocks(labels, i):
+                    counts += np.bincount(block.ravel(), minlength=len(counts))[:len(counts)]
             total = counts.sum()
             lines.append(f"  labels    {d.n_classes} classes")
             for k, name in enumerate(d.class_names[:d.n_classes]):
@@ -151,9 +202,9 @@ def info(path):
         else:
             lines.append("  labels    none (unlabeled, converted with --no-labels)")
         if d.has_weights:
-            w = f["weights"][0]
+            w = next(row_blocks(r.file["weights"], 0))
             lines.append(f"  weights   w0 = {d.attrs.get('w0', '?')}, sigma = {d.attrs.get('sigma', '?')} px; "
-                         f"slice 0: min {w.min():.3g}, mean {w.mean():.3g}, max {w.max():.3g}")
+                         f"slice 0 (first rows): min {w.min():.3g}, mean {w.mean():.3g}, max {w.max():.3g}")
     sources = d.attrs.get("source_images")
     if sources:
         shown = ", ".join(map(str, sources[:3])) + (", ..." if len(sources) > 3 else "")
@@ -165,15 +216,22 @@ def load_slices(path, slices=None):
     """``(raw (n,H,W) stored dtype, labels (n,H,W) uint8)`` of the chosen slices, for validation.
 
     ``slices``: list of indices or a string for :func:`parse_slices`; None = all. Normalise raw
-    with :func:`normalize`. Labels are None for an unlabeled file.
+    with :func:`normalize`. Labels are None for an unlabeled file. The memory they need is
+    checked before reading; float images with NaN or infinite values, and labels beyond the
+    file's classes, are refused.
     """
-    import h5py
-    d = open_dataset(path)
-    idx = parse_slices(slices, d.n_slices) if not isinstance(slices, (list, tuple, range)) \
-        else parse_slices(list(slices), d.n_slices)
-    with h5py.File(d.path, "r") as f:
-        raw = np.stack([f["raw"][i] for i in idx])
-        labels = np.stack([f["labels"][i] for i in idx]) if d.has_labels else None
+    with _reader(path) as r:
+        d = _describe(r)
+        idx = parse_slices(list(slices) if isinstance(slices, (list, tuple, range)) else slices, d.n_slices)
+        per_pixel = np.dtype(d.dtype).itemsize + 1 + 4 + 4        # raw, labels, normalised, probabilities
+        check_memory(len(idx) * d.height * d.width * per_pixel * 2,
+                     f"{d.path}: {len(idx)} whole slices of {d.height} x {d.width}",
+                     "validate on fewer or smaller slices (--val-slices)")
+        raw = np.stack([r.file["raw"][i] for i in idx])
+        check_finite(raw, f"{d.path}: /raw", "reconvert the data from images without them")
+        labels = np.stack([r.file["labels"][i] for i in idx]) if d.has_labels else None
+        if labels is not None:
+            check_labels(labels, d.n_classes, d.path)
     return raw, labels
 
 
@@ -182,10 +240,10 @@ def validation_slices(path, slices=None):
 
     In the order given, one slice in memory at a time; weights are None if the file has none.
     """
-    import h5py
-    d = open_dataset(path)
-    idx = parse_slices(slices if not isinstance(slices, range) else list(slices), d.n_slices)
-    with h5py.File(d.path, "r") as f:
+    with _reader(path) as r:
+        d = _describe(r)
+        idx = parse_slices(slices if not isinstance(slices, range) else list(slices), d.n_slices)
+        f = r.file
         for i in idx:
             yield (i, normalize(f["raw"][i]), f["labels"][i] if d.has_labels else None,
                    f["weights"][i] if d.has_weights else None)

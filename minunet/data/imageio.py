@@ -14,7 +14,9 @@ image with differing channels is *refused* by default, because silently mixing c
 the data a microscopist meant to segment. ``rgb="luminance"`` converts instead (ITU-R 601 weights)
 and warns. Palette PNGs keep their palette indices; 1-bit images become 0/255 uint8.
 """
+import contextlib
 import glob as globlib
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minunet.errors import UserError
+from minunet.files.hdf5 import open_h5
+from minunet.files.space import check_memory
 from minunet.files.specs import parse_spec
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -81,40 +85,111 @@ def _files(spec):
     return [path]
 
 
-def _tiff_pages(path):
-    """Number of 2-D slices in a TIFF (after the colour axis is accounted for)."""
+class Layout(NamedTuple):
+    """What a file declares before it is decoded: its 2-D slices, their size and type, and the
+    bytes decoding the whole file takes."""
+
+    pages: int
+    height: int
+    width: int
+    dtype: np.dtype
+    nbytes: int
+
+
+_PNG_MODES = {"1": (np.uint8, 1), "L": (np.uint8, 1), "P": (np.uint8, 1), "LA": (np.uint8, 2),
+              "PA": (np.uint8, 2), "I;16": (np.uint16, 1), "I;16B": (np.uint16, 1), "I;16L": (np.uint16, 1),
+              "I": (np.int32, 1), "F": (np.float32, 1), "RGB": (np.uint8, 3), "RGBA": (np.uint8, 4)}
+BLOCKWISE_ADVICE = ("for images this large, predict block-wise from an HDF5 or Zarr volume into a .zarr "
+                    "output (docs/scaling.md)")
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs what it finds odd in a file (as warnings and errors) and carries on; minunet's
+    own one-line errors say what matters, so those logs are silenced while minunet reads."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _tiff_layout(path):
+    """The :class:`Layout` a TIFF declares (its first series), read from its headers only."""
     import tifffile
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            shape, axes = series.shape, series.axes
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
     except Exception as err:  # tifffile raises many types for corrupt files
         raise UserError(f"{path}: cannot read TIFF ({err}); is the file complete?") from None
+    if "Y" not in axes or "X" not in axes:
+        raise UserError(f"{path}: unexpected TIFF layout (axes {axes}); save it as grayscale pages")
     dims = [n for n, a in zip(shape, axes) if a not in "YXS"]
-    return int(np.prod(dims)) if dims else 1
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    return Layout(int(np.prod(dims)) if dims else 1, shape[axes.index("Y")], shape[axes.index("X")], dtype, nbytes)
 
 
-def _hdf5_dataset(path, name):
-    """Open an HDF5 file and return (file, dataset); UserError if absent or not an image stack."""
+def _png_layout(path):
+    """The :class:`Layout` a PNG declares in its header."""
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the memory check decides
+            with Image.open(path) as im:
+                (width, height), mode = im.size, im.mode
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: declares an image of more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million "
+                        f"pixels, too large to read whole; {BLOCKWISE_ADVICE}") from None
+    except Exception as err:
+        raise UserError(f"{path}: cannot read image ({err}); is the file complete?") from None
+    dtype, bands = _PNG_MODES.get(mode, (np.uint8, 4))
+    return Layout(1, height, width, np.dtype(dtype), height * width * bands * np.dtype(dtype).itemsize)
+
+
+def file_layout(path):
+    """The :class:`Layout` of one TIFF or PNG file, from its headers (nothing decoded)."""
+    return _tiff_layout(path) if path.suffix.lower() in (".tif", ".tiff") else _png_layout(path)
+
+
+def check_decodable(path, layout):
+    """UserError when decoding a file whole would not fit in memory (checked before decoding)."""
+    check_memory(2 * layout.nbytes, f"{path}: a {layout.pages} x {layout.height} x {layout.width} "
+                 f"{layout.dtype} image", BLOCKWISE_ADVICE)
+
+
+@contextlib.contextmanager
+def hdf5_dataset(path, name):
+    """An HDF5 input opened through the checked reader: yields the dataset (H,W) or (N,H,W)."""
     import h5py
     if not path.exists():
         raise UserError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise UserError(f"{path}: cannot open as HDF5 ({err})") from None
-    if name not in f or not isinstance(f[name], h5py.Dataset):
-        names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-        f.close()
-        raise UserError(f"{path}: no dataset '{name}'; the file has {names or 'no datasets'} "
-                        f"(write it as {path}:/NAME)")
-    ds = f[name]
-    if ds.ndim not in (2, 3):
-        shape = ds.shape
-        f.close()
-        raise UserError(f"{path}:{name}: shape {shape} is not (H,W) or (N,H,W); "
-                        "store one grayscale slice per index")
-    return f, ds
+    fix = f"store the image as a plain dataset and give it as {path}:/NAME"
+    with open_h5(path, "HDF5 file", fix) as r:
+        if r.file.get(name, getlink=True) is None:
+            names = ["/" + k for k in r.members(r.file, 10000)
+                     if isinstance(r.file.get(k, getlink=True), h5py.HardLink) and r.file.get(k, getclass=True) is h5py.Dataset]
+            raise UserError(f"{path}: no dataset {name}; the file has {names or 'no datasets'} "
+                            f"(write the input as {path}:/NAME)")
+        ds = r.dataset(name, minunet_file=False)
+        if ds.ndim not in (2, 3) or min(ds.shape) == 0:
+            raise UserError(f"{path}:{name}: shape {ds.shape} is not (H,W) or (N,H,W); "
+                            "store one grayscale slice per index")
+        yield ds
+
+
+def stack_layout(spec):
+    """``(n, height, width, dtype)`` a spec declares, from headers only (nothing decoded)."""
+    h5 = split_hdf5(spec)
+    if h5 is not None:
+        with hdf5_dataset(*h5) as ds:
+            shape = (1,) + tuple(ds.shape) if ds.ndim == 2 else tuple(ds.shape)
+            return shape + (ds.dtype,)
+    layouts = [file_layout(path) for path in _files(spec)]
+    first = layouts[0]
+    return sum(lay.pages for lay in layouts), first.height, first.width, first.dtype
 
 
 def list_slices(spec):
@@ -125,13 +200,12 @@ def list_slices(spec):
     h5 = split_hdf5(spec)
     if h5 is not None:
         path, name = h5
-        f, ds = _hdf5_dataset(path, name)
-        n = 1 if ds.ndim == 2 else ds.shape[0]
-        f.close()
+        with hdf5_dataset(path, name) as ds:
+            n = 1 if ds.ndim == 2 else ds.shape[0]
         return [Slice(path, f"{path.stem}[{i}]", i) for i in range(n)]
     out = []
     for path in _files(spec):
-        n = _tiff_pages(path) if path.suffix.lower() in (".tif", ".tiff") else 1
+        n = file_layout(path).pages
         if n == 1:
             out.append(Slice(path, path.stem, 0))
         else:
@@ -160,8 +234,10 @@ def _to_gray(array, source, rgb):
 
 def _read_png(path, rgb):
     from PIL import Image
+    check_decodable(path, _png_layout(path))
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
             mode = im.mode
             if mode == "1":
@@ -184,10 +260,11 @@ def _read_png(path, rgb):
 
 
 def _read_tiff(path, rgb):
-    """All slices of one TIFF as (N,H,W)."""
+    """All slices of one TIFF as (N,H,W), once its declared size has been checked against memory."""
     import tifffile
+    check_decodable(path, _tiff_layout(path))
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
             array = series.asarray()
@@ -218,13 +295,10 @@ def iter_slices(spec, rgb="refuse"):
     h5 = split_hdf5(spec)
     if h5 is not None:
         path, name = h5
-        f, ds = _hdf5_dataset(path, name)
-        with f:
+        with hdf5_dataset(path, name) as ds:
             if ds.ndim == 2:
                 yield Slice(path, f"{path.stem}[0]", 0), ds[()]
             else:
-                if ds.shape[0] == 0:
-                    raise UserError(f"{path}:{name}: the dataset is empty (0 slices)")
                 for i in range(ds.shape[0]):
                     yield Slice(path, f"{path.stem}[{i}]", i), ds[i]
         return
@@ -255,8 +329,12 @@ def read_stack(spec, rgb="refuse"):
 
     ``spec``: TIFF / PNG / folder / glob / ``file.h5:/dataset`` (see the module docstring).
     ``rgb``: ``"refuse"`` (default) or ``"luminance"`` for colour images with differing channels.
-    Raises UserError for missing, unreadable, empty or inconsistent inputs.
+    Raises UserError for missing, unreadable, empty or inconsistent inputs, and for stacks whose
+    declared size does not fit in memory (checked before decoding).
     """
+    n, height, width, dtype = stack_layout(spec)
+    check_memory(2 * n * height * width * np.dtype(dtype).itemsize,
+                 f"{spec}: {n} slice(s) of {height} x {width} {dtype}", BLOCKWISE_ADVICE)
     slices = [array for _, array in iter_slices(spec, rgb)]
     if not slices:
         raise UserError(f"{spec}: the stack is empty")

@@ -5,15 +5,19 @@ larger than memory work; worker processes can prepare the next tiles while a ste
 """
 import contextlib
 import math
+import os
 import signal
+import threading
+import time
 
 import numpy as np
 
 from minunet.data import augment as aug
-from minunet.data.datafile import normalize, open_dataset
+from minunet.data.datafile import check_finite, check_labels, normalize, open_dataset
 from minunet.data.padding import check_pad, pad_crop
 from minunet.data.slices import parse_slices
 from minunet.errors import UserError
+from minunet.files.hdf5 import translate_errors
 
 _CACHE_BYTES = 64 * 2**20          # HDF5 chunk cache per open file: repeated tiles hit memory
 _CROP_SLACK = (2, 3)               # source pixels read beyond a warp's extent: the bicubic support
@@ -95,7 +99,11 @@ class TileSampler:
 
     def set_state(self, state):
         """Restore a :meth:`state` (resume gives the very tiles a run would have drawn)."""
-        self.seed, self.drawn = int(state["seed"]), int(state["drawn"])
+        try:
+            self.seed, self.drawn = int(state["seed"]), int(state["drawn"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"the saved sampler state {str(state)[:60]} is not {{seed, drawn}}; the training "
+                            "state in this checkpoint is damaged: start a new run") from None
         self._args = self._args[:-1] + (self.seed,)
         if self._pool is not None:
             for fut in self._pending.values():
@@ -114,7 +122,15 @@ class TileSampler:
         return array, np.array([y0, x0], np.float64)[:, None, None]
 
     def sample_at(self, k):
-        """The k-th sample of this sampler's seed (a pure function of seed, k and the rank)."""
+        """The k-th sample of this sampler's seed (a pure function of seed, k and the rank).
+
+        A damaged chunk, or values no data file minunet writes holds (NaN, class ids beyond the
+        file's classes, negative weights), is a one-line UserError naming the file and slice.
+        """
+        with translate_errors(self.info.path, "data file"):
+            return self._sample_at(k)
+
+    def _sample_at(self, k):
         rng = np.random.default_rng([self.seed, k] if self.rank == 0 else [self.seed, k, self.rank])
         cfg = self.config
         i = self.slices[rng.integers(len(self.slices))]
@@ -129,12 +145,17 @@ class TileSampler:
         plain = cfg == aug.AugmentConfig.off()        # integer coordinates: exact copies, no filtering
 
         raw, origin = self._crop(self._raw, i, coords, self.pad)
+        where = f"{self.info.path}: slice {i}"
+        check_finite(raw, f"{where} of /raw", "reconvert the data from images without them")
         image = normalize(raw)
         tile = aug.warp(image, coords - origin, 0 if plain else 3)
         lab, origin = self._crop(self._labels, i, out_coords, "mirror")
+        check_labels(lab, self.info.n_classes, where)
         labels = aug.warp(lab, out_coords - origin, 0)
         if self._weights is not None:
             wts, origin = self._crop(self._weights, i, out_coords, "mirror")
+            if not (np.isfinite(wts).all() and (wts >= 0).all()):
+                raise UserError(f"{where}: /weights holds NaN, infinite or negative values; reconvert the data")
             weights = aug.warp(wts, out_coords - origin, 0 if plain else 1)
         else:
             weights = np.ones(labels.shape, np.float32)
@@ -154,7 +175,8 @@ class TileSampler:
             import concurrent.futures as cf
             import multiprocessing as mp
             self._pool = cf.ProcessPoolExecutor(self.workers, mp.get_context("spawn"),
-                                                initializer=_worker_init, initargs=(self.rank,) + self._args)
+                                                initializer=_worker_init,
+                                                initargs=(os.getpid(), self.rank) + self._args)
         with _stop_signals_ignored(starting):          # the first submissions start the workers
             for j in range(k, k + 2 * self.workers + 1):
                 if j not in self._pending:
@@ -163,7 +185,6 @@ class TileSampler:
 
     def sample(self):
         """The next training sample: (image (1,in,in), labels (out,out), weights (out,out))."""
-        import time
         start = time.perf_counter()
         out = self._fetch(self.drawn) if self.workers > 0 else self.sample_at(self.drawn)
         self.wait_s += time.perf_counter() - start
@@ -201,12 +222,22 @@ def _stop_signals_ignored(active=True):
             signal.signal(sig, handler)
 
 
-def _worker_init(rank, *args):
-    """Each worker process opens its own sampler (its own HDF5 handle); it ignores SIGINT and SIGTERM."""
+def _worker_init(parent, rank, *args):
+    """Each worker process opens its own sampler (its own HDF5 handle). It ignores SIGINT and
+    SIGTERM (its training process decides how to stop) and exits by itself when that process is
+    gone: after a SIGKILL nobody else would stop it."""
     global _WORKER
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _WORKER = TileSampler(*args, rank=rank)
+
+
+def _exit_with_parent(parent, every_s=0.25):
+    """Exit this process as soon as ``parent`` is no longer its parent (it died; we were adopted)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _worker_sample(k):

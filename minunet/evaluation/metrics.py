@@ -102,8 +102,10 @@ def pred_probabilities(pred, name="prediction"):
     if pred.dtype == bool or np.issubdtype(pred.dtype, np.integer):
         values = _values(pred)
         if values.size > 64:
-            raise UserError(f"{name}: integer image with {values.size} distinct values looks like an "
-                            "8-bit probability map; save float probabilities in [0, 1] or class ids")
+            bits = 8 * pred.dtype.itemsize
+            raise UserError(f"{name}: integer image with {values.size} distinct values looks like "
+                            f"{'an' if bits == 8 else 'a'} {bits}-bit probability map; save float probabilities "
+                            "in [0, 1] or class ids")
         if values.min() < 0:
             raise UserError(f"{name}: class ids must be >= 0, got minimum {values.min()}")
         return (pred > 0).astype(np.float32)

@@ -31,6 +31,7 @@ and see the model, input and output paths (a shared file system); each worker pr
 model once (:func:`cached_model`). Dask, distributed and zarr (v3 API) are imported lazily:
 ``pip install minunet[dask]``. See docs/scaling.md.
 """
+import contextlib
 import os
 import shutil
 import threading
@@ -96,20 +97,11 @@ def open_volume(spec):
         raise UserError(f"{spec}: no such {'HDF5 file' if kind == 'hdf5' else 'Zarr store'}; "
                         "check the path (an HDF5 dataset is written file.h5:/raw)")
     if kind == "hdf5":
-        import h5py
-        try:
-            f = h5py.File(path, "r")
-        except OSError as err:
-            raise UserError(f"{spec}: cannot open as HDF5 ({err})") from None
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            names = []
-            f.visititems(lambda n, obj: names.append("/" + n) if isinstance(obj, h5py.Dataset) else None)
-            f.close()
-            raise UserError(f"{spec}: no dataset {name}; the file has {names or 'no datasets'} "
-                            f"(write the input as {path}:/NAME)")
-        ds = f[name]
+        from minunet.data.imageio import hdf5_dataset
+        files = contextlib.ExitStack()
+        ds = files.enter_context(hdf5_dataset(path, name))     # checked: no links, external or virtual data
         array = da.from_array(ds, chunks=ds.chunks or "auto", lock=True, asarray=False)
-        close = f.close
+        close = files.close
     elif name is None and ome_zarr.is_ome_zarr(path):     # its full-resolution level, singleton t/c dropped
         array, close = ome_zarr.open_volume(path), lambda: None  # noqa: E731
     else:
@@ -230,13 +222,15 @@ def read_context(volume, z, y0, x0, size, margin, pad):
     The context covers volume rows y0 - margin .. y0 - margin + size[0] (columns likewise); only
     the rows and columns it needs are read, then mirrored (or zeroed) beyond the volume's border.
     """
-    from minunet.data.datafile import normalize
+    from minunet.data.datafile import check_finite, normalize
     height, width = volume.shape[-2:]
     rows, row_in = _axis(y0 - margin, size[0], height, pad)
     cols, col_in = _axis(x0 - margin, size[1], width, pad)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     window = volume[r0:r1, c0:c1] if z is None else volume[z, r0:r1, c0:c1]
     raw = np.asarray(window.compute(scheduler="synchronous"))
+    check_finite(raw, f"block at row {y0}, column {x0}{'' if z is None else f' of slice {z}'}",
+                 "replace NaN and infinite values (e.g. with 0) before predicting")
     context = normalize(raw[np.ix_(rows - r0, cols - c0)])
     if pad == "zero":
         context = np.where(row_in[:, None] & col_in[None, :], context, np.float32(0))

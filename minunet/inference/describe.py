@@ -9,12 +9,14 @@ from pathlib import Path
 
 from minunet.data.datafile import info as data_info
 from minunet.errors import UserError
+from minunet.files.hdf5 import open_h5
 from minunet.files.specs import HDF5_SUFFIXES
 from minunet.inference.outputs import FORMATS
 from minunet.model.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from minunet.model.checkpoint import load_checkpoint
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+FIX = "write it again (minunet data convert, minunet train, minunet predict)"
 
 
 def describe(path):
@@ -24,19 +26,15 @@ def describe(path):
         raise UserError(f"{path}: no such file or folder")
     if path.is_dir():
         return _describe_zarr(path)
-    import h5py
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("format")
-            has_raw = "raw" in f
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        with open_h5(path, "HDF5 file", FIX) as reader:
+            kind = reader.attr(reader.file, "format", None)
+            has_raw = "raw" in reader.file
         if kind == CHECKPOINT_FORMAT:
             return _describe_checkpoint(path)
         if has_raw:
             return data_info(path)
         return _describe_hdf5(path)
-    if path.suffix.lower() in HDF5_SUFFIXES:
-        raise UserError(f"{path}: not an HDF5 file, or a damaged or incomplete one; write it again "
-                        "(minunet data convert, minunet train, minunet predict)")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return _describe_image(path)
     raise UserError(f"{path}: not a file minunet reads (HDF5, TIFF, PNG or a Zarr folder)")
@@ -67,11 +65,12 @@ def _describe_checkpoint(path):
 def _describe_hdf5(path):
     import h5py
     lines = [f"{path}: HDF5 file"]
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "HDF5 file", FIX) as reader:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                lines.append("  " + _dataset_line(f"/{name}", obj.shape, obj.dtype, dict(obj.attrs)))
-        f.visititems(visit)
+                attrs = {key: reader.attr(obj, key, None) for key in ("model", "input")}
+                lines.append("  " + _dataset_line(f"/{name}", obj.shape, obj.dtype, attrs))
+        reader.file.visititems(visit)
     if len(lines) == 1:
         lines.append("  no datasets")
     return "\n".join(lines)
@@ -81,7 +80,7 @@ def _dataset_line(name, shape, dtype, attrs):
     """One dataset: shape and type, and what minunet wrote it as (a prediction's format and source)."""
     line = f"{name:<12} {' x '.join(map(str, shape))} {dtype}"
     fmt = name.strip("/").split("/")[-1]
-    if "model" in attrs and fmt in FORMATS:
+    if attrs.get("model") is not None and fmt in FORMATS:
         what = {"foreground": "probability of class 1 per pixel", "labels": "class per pixel",
                 "probs": f"probabilities of {shape[-3] if len(shape) >= 3 else '?'} classes"}[fmt]
         line += f"  minunet prediction ({what}) of {attrs.get('input')} by {attrs.get('model')}"

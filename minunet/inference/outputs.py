@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from minunet.errors import UserError
-from minunet.files.atomic import atomic_h5, atomic_path, check_output_folder, write_tiff_atomic
+from minunet.files.atomic import atomic_h5, atomic_h5_file, check_output_folder, h5_size_bound, write_tiff_atomic
+from minunet.files.hdf5 import open_h5
+from minunet.files.oserrors import write_error
+from minunet.files.space import check_free_space
 from minunet.files.specs import parse_spec, same_file
 
 FORMATS = ("foreground", "labels", "probs")
@@ -78,6 +81,14 @@ def check_not_input(spec, inputs, option="-o"):
                             "to another file")
 
 
+def check_output_space(spec, nbytes):
+    """UserError before the work when the output's disk lacks room for ``nbytes`` (plus, for an
+    existing HDF5 file, the copy of it that the atomic write makes)."""
+    path, kind, _ = parse_spec(spec)
+    existing = path.stat().st_size if kind == "hdf5" and path.is_file() else 0
+    check_free_space(path, h5_size_bound(nbytes) + existing)
+
+
 def write_output(spec, array, output_format, meta, force=False):
     """Write ``array`` atomically to a TIFF, an HDF5 dataset or a Zarr array, as ``spec`` says."""
     path, kind, dataset = parse_spec(spec)
@@ -92,31 +103,26 @@ def write_output(spec, array, output_format, meta, force=False):
 def _write_hdf5_dataset(path, name, array, meta, force):
     """Put one dataset into an HDF5 file: a new file, or a copy of the existing one with that
     dataset added (or replaced, with ``force``), renamed over it; its other datasets are kept."""
-    import h5py
     if path.exists():
-        try:
-            with h5py.File(path, "r") as f:
-                exists = name in f
-        except OSError:
-            raise UserError(f"-o {path}: exists and is not an HDF5 file; choose another name") from None
+        fix = "choose another output file"
+        with open_h5(path, "HDF5 file", fix) as r:
+            exists = r.file.get(name, getlink=True) is not None
         if exists and not force:
             raise UserError(f"-o {path}:{name}: the dataset exists; pass --force to replace it or name "
                             f"another dataset ({path}:/NAME)")
-        with atomic_path(path) as tmp:
-            shutil.copyfile(path, tmp)
-            with h5py.File(tmp, "r+") as f:
-                if name in f:
-                    del f[name]
-                _create(f, name, array, meta)
+        with atomic_h5_file(path, array.nbytes, keep_existing=True) as f:
+            if name in f:
+                del f[name]
+            _create(f, name, array, meta)
         return
 
     def write(f):
         _create(f, name, array, meta)
-    atomic_h5(path, write)
+    atomic_h5(path, write, nbytes=array.nbytes)
 
 
 def _create(f, name, array, meta):
-    ds = f.create_dataset(name, data=array, compression="gzip")
+    ds = f.create_dataset(name, data=array, compression="gzip", fletcher32=True)
     for key, value in meta.items():
         ds.attrs[key] = value
 
@@ -129,6 +135,7 @@ def _write_zarr(path, array, meta):
         raise UserError(f"-o {path}: writing Zarr needs the zarr package: pip install 'minunet[dask]'") from None
     tmp = path.with_name(f".{path.name}.tmp-write")
     shutil.rmtree(tmp, ignore_errors=True)
+    check_free_space(path, array.nbytes + (1 << 20))
     try:
         z = zarr.create_array(store=str(tmp), shape=array.shape, dtype=array.dtype,
                               chunks=tuple(min(s, 1 if i < array.ndim - 2 else 1024) for i, s in enumerate(array.shape)))
@@ -137,8 +144,10 @@ def _write_zarr(path, array, meta):
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet.data.datafile import normalize
-from minunet.data.imageio import read_stack
+from minunet.data.datafile import check_finite, normalize
+from minunet.data.imageio import BLOCKWISE_ADVICE, read_stack, stack_layout
 from minunet.errors import UserError
+from minunet.files.space import check_memory, gib
 from minunet.inference import ome_zarr, outputs, tiling
 from minunet.model.checkpoint import load_model
+from minunet.model.memory import activation_bytes, memory_budget
 
 
 @dataclass
@@ -39,12 +41,39 @@ def trained_pad(checkpoint):
 
 
 def read_input(spec, in_channels):
-    """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model."""
-    raw = ome_zarr.read_image(spec) if ome_zarr.is_ome_zarr(spec) else read_stack(spec)
+    """The input stack (N, H, W) normalised as for training; UserError if it does not fit the model
+    or holds NaN or infinite values (they would spread through every tile they touch)."""
     if in_channels != 1:
         raise UserError(f"{spec}: grayscale slices (1 channel) but the model expects {in_channels} "
                         "input channels; use a model trained on single-channel images")
+    raw = ome_zarr.read_image(spec) if ome_zarr.is_ome_zarr(spec) else read_stack(spec)
+    check_finite(raw, str(spec), "replace them (e.g. with 0) before predicting")
     return np.asarray(normalize(raw), dtype=np.float32)
+
+
+def check_job_memory(spec, classes, output_format):
+    """UserError, before anything is decoded, when the whole-image job cannot fit in memory: the
+    input, its float32 copy, the class probabilities and the output (sizes from the file headers).
+    Returns the bytes of the output array."""
+    n, height, width, dtype = stack_layout(spec)
+    shape, out_dtype = outputs.output_layout((n, height, width), classes, output_format)
+    per_pixel = np.dtype(dtype).itemsize + 4 + 4 * classes
+    out_bytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(out_dtype).itemsize
+    check_memory(n * height * width * per_pixel + out_bytes, f"{spec}: {n} x {height} x {width} pixels",
+                 BLOCKWISE_ADVICE)
+    return out_bytes
+
+
+def check_tile_memory(model, tile, batch, device):
+    """UserError when ``batch`` tiles of size ``tile`` will not fit (checked before allocating)."""
+    geo = model.geometry(tile)
+    need = tiling.SAFETY * activation_bytes(geo, model.width, model.in_channels, model.classes,
+                                            model.up_kernel, batch)
+    budget = memory_budget(device)
+    if need > budget:
+        fits = tiling.choose_tile(model, device, batch=batch, max_tile=tile)
+        raise UserError(f"--tile {tile}: {batch} tile(s) need about {gib(need)} but {gib(budget)} can be used "
+                        f"on {device}; use --tile {fits} or less, or a smaller --batch")
 
 
 def predict_to_file(request, progress=None):
@@ -67,8 +96,11 @@ def predict_to_file(request, progress=None):
             model.geometry(r.tile)
         except UserError as err:
             raise UserError(f"--tile: {err}") from None
+        check_tile_memory(model, r.tile, r.batch, r.device)
     pad = r.pad or trained_pad(checkpoint)
     output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes, ngff))
+    if not ome_zarr.is_ome_zarr(r.input_spec):
+        outputs.check_output_space(r.output_spec, check_job_memory(r.input_spec, model.classes, output_format))
     stack = read_input(r.input_spec, model.in_channels)
     n, h, w = stack.shape
     tile = r.tile or tiling.fit_tile(model, tiling.choose_tile(model, r.device, batch=r.batch), h, w)

@@ -1,5 +1,5 @@
 """How much memory the network needs, and how much a device has: the tile-size rules' inputs."""
-import os
+from minunet.files.space import available_memory
 
 
 def activation_bytes(geo, width, in_channels=1, classes=2, up_kernel=2, batch=1, itemsize=4):
@@ -26,7 +26,8 @@ def activation_bytes(geo, width, in_channels=1, classes=2, up_kernel=2, batch=1,
 
 
 def memory_budget(device):
-    """Bytes available for activations: half the free host memory, or 70% of the free GPU memory."""
+    """Bytes available for activations: half the memory this process can still allocate on the host
+    (:func:`minunet.files.space.available_memory`), or 70% of the free GPU memory."""
     if device == "cuda":
         try:
             import cupy
@@ -34,9 +35,4 @@ def memory_budget(device):
             return int(0.7 * free)
         except Exception:                        # no CuPy or no GPU: fall back to 4 GiB
             return 4 << 30
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return int(0.5 * info.get("MemAvailable", info["MemFree"]))
-    except (OSError, KeyError, ValueError):
-        return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return int(0.5 * available_memory())

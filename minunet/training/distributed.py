@@ -141,7 +141,19 @@ class RankDropout:
 
 
 class NullRunDirectory(RunDirectory):
-    """The run directory as the ranks other than 0 see it: they write nothing."""
+    """The run directory as the ranks other than 0 see it: they write nothing and lock nothing."""
+
+    def check_writable(self):
+        pass
+
+    def holds_a_run(self):
+        return False
+
+    def acquire(self):
+        pass
+
+    def release(self):
+        pass
 
     def log(self, message):
         pass

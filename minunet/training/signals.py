@@ -1,12 +1,24 @@
-"""Ctrl-C and SIGTERM during training: finish the step, write a checkpoint, then stop."""
+"""Ctrl-C and SIGTERM during training: finish the step, write a checkpoint, then stop.
+
+A second signal aborts at once with :class:`SecondSignal`, which carries the signal's number so
+that the command exits with 128 + signum (130 for SIGINT, 143 for SIGTERM), as shells expect.
+"""
 import signal
 
 
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop now, without a new checkpoint."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def install_handlers(trainer):
-    """SIGINT/SIGTERM set trainer.stop_signal; a second one aborts at once."""
+    """SIGINT/SIGTERM set trainer.stop_signal; a second one aborts at once (SecondSignal)."""
     def handler(signum, frame):
         if trainer.stop_signal is not None:
-            raise KeyboardInterrupt
+            raise SecondSignal(signum)
         trainer.stop_signal = signum
         if trainer.echo is not None:
             trainer.echo(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
@@ -23,3 +35,19 @@ def install_handlers(trainer):
 def restore_handlers(previous):
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def stop_after_signal(trainer, start):
+    """After SIGINT/SIGTERM: a checkpoint if this session trained (``start``: its first iteration),
+    and a log line saying what there is to resume."""
+    name = signal.Signals(trainer.stop_signal).name
+    checkpoint = trainer.run_dir.checkpoint
+    resume = f"continue with: minunet train --out {trainer.out} --resume"
+    if trainer.iteration > start:
+        trainer.save()
+        trainer.log(f"stopped by {name} at iteration {trainer.iteration}; checkpoint written; {resume}")
+    elif checkpoint.is_file():
+        trainer.log(f"stopped by {name} before the first step; {checkpoint} still holds iteration "
+                    f"{trainer.iteration}; {resume}")
+    else:
+        trainer.log(f"stopped by {name} before the first step; no checkpoint was written")

@@ -5,7 +5,9 @@ output tile's, sampled at the pixel each coarse pixel stands for.
 """
 import numpy as np
 
-IGNORE = 255                        # label of pixels that carry no loss
+from minunet.data.datafile import UNLABELLED
+
+IGNORE = UNLABELLED                 # label of pixels that carry no loss (the data format's unlabelled value)
 
 
 def coarse_positions(coarse_size, levels_up, up_kernel=2, convs_per_level=2, kernel=3):

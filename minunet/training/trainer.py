@@ -11,7 +11,6 @@ iterations in one go: everything random is drawn from generators saved in the ch
 """
 import dataclasses
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from minunet.training.config import DEFAULT_AUX_WEIGHT, DEFAULT_LR, TrainResult
 from minunet.training.distributed import SingleProcess
 from minunet.training.memory import check_memory
 from minunet.training.provenance import file_sha256, jsonable, versions
-from minunet.training.signals import install_handlers, restore_handlers
+from minunet.training.signals import install_handlers, restore_handlers, stop_after_signal
 from minunet.training.supervision import IGNORE, coarse_index, coarse_targets
 from minunet.training.validation import ADVICE, BASELINE_MARGIN, Validation, degenerate_reason
 
@@ -64,6 +63,16 @@ class Trainer:
         self.comm = comm or SingleProcess()
         self.out = Path(config.out)
         self.run_dir = self.comm.run_directory(self.out)
+        self.run_dir.check_writable()
+        if self.run_dir.holds_a_run():
+            self.run_dir.acquire()          # one writer per run directory, before reading what it holds
+        try:
+            self._setup(config, resume, sampler)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config, resume, sampler):
         config = self._prepare_directory(config, resume) if self.comm.is_root else dataclasses.replace(config)
         config.device = resolve_device(config.device)
         if config.iterations is None and config.minutes is None:
@@ -103,13 +112,14 @@ class Trainer:
         self.degenerate = None
         self.loss_every = max(1, config.val_every // LOSS_ROWS_PER_VALIDATION)
         self._validation = None
+        self._record = None
         if self.comm.is_root:               # the other ranks get rank 0's state in run(), and write nothing
             if resume:
                 self._load_state(self.out / "checkpoint.h5")
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.run_dir.acquire()
             if not resume:
                 self.run_dir.clear_results()
-            self._write_config(resume)
+            self._record = self._config_record(resume)       # written with the session's first checkpoint
 
     # ------------------------------------------------------------------ setup
 
@@ -179,7 +189,9 @@ class Trainer:
         return [(coarse_index(s, len(sizes) - i, out, config.up_kernel), w)
                 for i, (s, w) in enumerate(zip(sizes, config.aux_weights))]
 
-    def _write_config(self, resume):
+    def _config_record(self, resume):
+        """config.json's new content; written by :meth:`save` once this session has a checkpoint, so
+        that settings that failed (a --resume --lr that diverges at once) never replace good ones."""
         record = self.run_dir.read_config() if resume else {}
         sha = file_sha256(self.config.data)
         if resume and record.get("data_sha256") not in (None, sha):
@@ -192,7 +204,7 @@ class Trainer:
                       model=self.model.config(), parameters=self.model.num_parameters(),
                       geometry=dataclasses.asdict(self.geometry), train_slices=self.train_slices,
                       val_slices=self.val_slices, sessions=sessions)
-        self.run_dir.write_config(record)
+        return record
 
     def log(self, message):
         """A line in train.log (with the time) and, unless quiet, on the terminal."""
@@ -216,6 +228,9 @@ class Trainer:
             raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
                                    + self._diverged_advice())
         rng = {"dropout": generator_state(self.model.dropout_rng), "sampler": jsonable(self.sampler.state())}
+        if self._record is not None and path == self.run_dir.checkpoint:
+            self.run_dir.write_config(self._record)      # first: a checkpoint never lacks its config.json
+            self._record = None
         save_checkpoint(path, self.model, self.optimizer, self.iteration, rng=rng, extra=self.state_extra())
         self._last_save = time.monotonic()
 
@@ -225,7 +240,7 @@ class Trainer:
         cause = f"the learning rate (--lr {lr:g}) is probably too high for this data"
         ckpt = self.out / "checkpoint.h5"
         if ckpt.is_file():
-            iteration = load_checkpoint(ckpt).iteration
+            iteration = load_checkpoint(ckpt, training_state=False).iteration
             return (f"{cause}; {ckpt} keeps the last good state (iteration {iteration}): continue it with "
                     f"`minunet train --out {self.out} --resume --lr {lower:g}`")
         return f"{cause}; no checkpoint was written yet: start again with a lower --lr (e.g. --lr {lower:g})"
@@ -292,10 +307,11 @@ class Trainer:
         return value
 
     def close(self):
-        """Stop the sampling workers and close the data file (the run directory stays as it is)."""
-        close = getattr(self.sampler, "close", None)
+        """Stop the sampling workers, close the data file and unlock the run directory."""
+        close = getattr(getattr(self, "sampler", None), "close", None)
         if close is not None:
             close()
+        self.run_dir.release()
 
     # ------------------------------------------------------------------ validation
 
@@ -308,8 +324,16 @@ class Trainer:
         return self._validation
 
     def validate(self):
-        """The :class:`Scores` of the model on the validation slices (overlap-tile prediction)."""
-        return self.validation.score(self.validation.probabilities(self.model, self.config.tile))
+        """The :class:`Scores` of the model on the validation slices (overlap-tile prediction);
+        TrainingDiverged instead when the weights or the predictions are no longer finite."""
+        if not _finite_params(self.model):
+            raise TrainingDiverged(f"the weights became NaN or infinite by iteration {self.iteration}: "
+                                   + self._diverged_advice())
+        probs = self.validation.probabilities(self.model, self.config.tile)
+        if not np.isfinite(probs).all():
+            raise TrainingDiverged(f"the predictions became NaN or infinite by iteration {self.iteration} "
+                                   "(the weights grew too large): " + self._diverged_advice())
+        return self.validation.score(probs)
 
     # ------------------------------------------------------------------ the loop
 
@@ -332,13 +356,14 @@ class Trainer:
         self.comm.synchronise(self)
         self._t0 = time.monotonic()
         self._last_save = self._t0
+        self.run_dir.acquire()                 # held from here until the run ends
         previous = install_handlers(self.comm.signal_sink(self)) if handle_signals else {}
         c = self.config
         self.log(f"{'resuming' if self.iteration else 'training'} at iteration {self.iteration}: "
                  f"{self.model.num_parameters():,} parameters, depth {c.depth}, width {c.width}, "
                  f"tile {self.geometry.input_size} -> {self.geometry.output_size}, {c.optimizer} lr {c.lr:g}, "
                  f"device {c.device}, train slices {c.train_slices}, val slices {c.val_slices}")
-        history = []
+        history, start = [], self.iteration
         try:
             reason = self.done()
             if reason is not None:
@@ -356,18 +381,19 @@ class Trainer:
                 elif time.monotonic() - self._last_save > 60 * c.checkpoint_minutes:
                     self.save()
             if self.stop_signal is not None and reason is None:
-                self.save()
                 reason = "signal"
-                self.log(f"stopped by {signal.Signals(self.stop_signal).name} at iteration {self.iteration}; "
-                         f"checkpoint written; continue with: minunet train --out {self.out} --resume")
+                stop_after_signal(self, start)
             elif history:
                 self.log(f"finished at iteration {self.iteration} ({reason} budget spent) after "
                          f"{self.elapsed():.0f} s; {self.summary()}")
-        except TrainingDiverged as err:
+        except UserError as err:
+            if not isinstance(err, TrainingDiverged) and self.run_dir.checkpoint.is_file():
+                err = UserError(f"{err}; then continue with: minunet train --out {self.out} --resume")
             self.log(f"stopped: {err}")
-            raise
+            raise err from None
         finally:
             restore_handlers(previous)
+            self.run_dir.release()
         return TrainResult(self.iteration, reason, self.stop_signal, self.best_score, self.best_iteration, history)
 
     def record(self, validate=True):

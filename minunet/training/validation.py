@@ -13,8 +13,9 @@ from typing import Optional
 
 import numpy as np
 
-from minunet.data.datafile import load_slices, normalize
+from minunet.data.datafile import UNLABELLED, load_slices, normalize
 from minunet.engine.autograd import no_grad
+from minunet.errors import UserError
 from minunet.evaluation import metrics
 from minunet.inference import tiling
 
@@ -39,6 +40,9 @@ class Validation:
     def __init__(self, data_path, slices, classes, pad="mirror", batch=1):
         raw, labels = load_slices(data_path, slices)
         self.images, self.labels = normalize(raw), np.asarray(labels)
+        if (self.labels == UNLABELLED).any():
+            raise UserError(f"--val-slices: {data_path} has unlabelled pixels (label {UNLABELLED}) in the "
+                            "validation slices, which cannot be scored; validate on fully labelled slices")
         self.classes, self.pad, self.batch = classes, pad, batch
         self._baseline = None
 
