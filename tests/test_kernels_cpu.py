@@ -78,8 +78,8 @@ CONV_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("block", [1 << 21, 5])
-def test_conv2d(rng, monkeypatch, case, dtype, block):
-    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", block)     # 5: blocks of one row, many block edges
+def test_conv2d(rng, cpu_dispatch, case, dtype, block):
+    cpu_dispatch(gemm_block_bytes=block)     # 5: blocks of one row, many block edges
     n, c, k, h, w, r = case
     x, x64 = draw(rng, (n, c, h, w), dtype)
     wt, wt64 = draw(rng, (k, c, r, r), dtype, 1 / np.sqrt(c * r * r))
@@ -105,11 +105,11 @@ def test_conv2d(rng, monkeypatch, case, dtype, block):
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [(1, 70, 9, 6, 21), (2, 3, 5, 6, 11), (1, 16, 33, 5, 40)])
-def test_conv2d_gemm_weight_grad_direct_input_grad(rng, monkeypatch, case, dtype):
+def test_conv2d_gemm_weight_grad_direct_input_grad(rng, cpu_dispatch, case, dtype):
     """The bottom layers' mix: the weight gradient on the GEMMs (gy widened), the input gradient
     direct (gy padded), both from one backward call."""
-    force_direct(monkeypatch, forward=True, weight_grad=False, input_grad=True)
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", {"forward": 0, "weight_grad": 0, "input_grad": 10 ** 9})
+    force_direct(cpu_dispatch, forward=True, weight_grad=False, input_grad=True)
+    cpu_dispatch(direct_max_pixels={"forward": 0, "weight_grad": 0, "input_grad": 10 ** 9})
     n, c, k, h, w = case
     assert cpu_conv._path("weight_grad", c, k, 3, 3, h - 2, w - 2) == "gemm"
     assert cpu_conv._path("input_grad", c, k, 3, 3, h - 2, w - 2) == "direct"
@@ -133,7 +133,7 @@ def test_first_layer_weight_grad(rng, monkeypatch, case, dtype):
     real = cpu_direct.masked_weight_grad
     monkeypatch.setattr(cpu_direct, "masked_weight_grad", lambda *a: calls.append(a) or real(*a))
     n, c, k, h, w = case
-    for channels, fused in [(c, True), (cpu_conv.FEW_INPUTS_NO_GX + 1, False)]:
+    for channels, fused in [(c, True), (cpu_conv.current().few_inputs_no_gx + 1, False)]:
         calls.clear()
         x, x64 = draw(rng, (n, channels, h, w), dtype)
         wt, wt64 = draw(rng, (k, channels, 3, 3), dtype, 1 / np.sqrt(channels * 9))
@@ -171,14 +171,12 @@ def check_conv3x3_all_directions(rng, case, dtype):
                     assert_close(a, e, dtype, "conv2d", s)
 
 
-def force_direct(monkeypatch, forward, weight_grad, input_grad):
+def force_direct(cpu_dispatch, forward, weight_grad, input_grad):
     """Make each direction of a 3x3 convolution take the direct path (True) or not (False)."""
     never, always = 0, 10 ** 9
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {"forward": always if forward else never,
-                                                 "weight_grad": always if weight_grad else never,
-                                                 "input_grad": always if input_grad else never})
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", dict.fromkeys(cpu_conv.DIRECT_MAX_PIXELS, 0))
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", always)
+    cpu_dispatch(direct_max={"forward": always if forward else never, "weight_grad": always if weight_grad else never,
+                             "input_grad": always if input_grad else never},
+                 direct_max_pixels=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), direct_max_work=always)
 
 
 DIRECT_CASES = [
@@ -201,12 +199,12 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("case", DIRECT_CASES)
 @pytest.mark.parametrize("path", ["direct", "gemm", "mixed"])
 @pytest.mark.parametrize("block, flush", [(1 << 19, None), (5, None), (1 << 19, 2)])
-def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block, flush):
+def test_conv2d_direct(rng, cpu_dispatch, case, dtype, path, block, flush):
     """Both paths (and the direct weight gradient with the GEMM input gradient) against the reference."""
-    monkeypatch.setattr(cpu_direct, "WEIGHT_GRAD_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
+    cpu_dispatch(weight_grad_block_bytes=block)   # 5: weight-gradient tasks of one row
     if flush:                                # the weight gradient's sums move to float64 after every row pair
-        monkeypatch.setattr(cpu_direct, "FLUSH_PRODUCTS", flush)
-    force_direct(monkeypatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
+        cpu_dispatch(flush_products=flush)
+    force_direct(cpu_dispatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
     n, c, k, h, w = case
     for direction, want in [("forward", path != "gemm"), ("weight_grad", path != "gemm"), ("input_grad", path == "direct")]:
         assert (cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "direct") == want, direction
@@ -334,19 +332,16 @@ WINOGRAD_CASES = [
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 @pytest.mark.parametrize("gw_path, gx_path", [("winograd", "winograd"), ("winograd", "gemm"), ("gemm", "winograd")])
 @pytest.mark.parametrize("blocks", ["default", "one_tile_row"])
-def test_conv2d_winograd(rng, monkeypatch, case, dtype, gw_path, gx_path, blocks):
-    """The Winograd path in every direction, alone and mixed with the GEMM path, against the reference."""
-    from minunet.kernels.cpu import winograd
-    force_direct(monkeypatch, forward=False, weight_grad=False, input_grad=False)
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
-    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
+def test_conv2d_winograd(rng, cpu_dispatch, case, dtype, gw_path, gx_path, blocks):
+    """The Winograd F(2x2, 3x3) path in every direction, alone and mixed with the GEMM path, against
+    the reference (F(4x4, 3x3) off: tests/test_kernels_cpu_inference.py covers it)."""
+    force_direct(cpu_dispatch, forward=False, weight_grad=False, input_grad=False)
     never = 10 ** 9
-    monkeypatch.setattr(winograd, "MIN_TILES", {
-        "forward": 0, "weight_grad": never if gw_path == "gemm" else 0, "input_grad": never if gx_path == "gemm" else 0})
+    cpu_dispatch(direct_max_work=0, winograd4=False, winograd_min_channels=0, winograd_max_filter_per_tile=float("inf"),
+                 winograd_min_tiles={"forward": 0, "weight_grad": never if gw_path == "gemm" else 0,
+                                     "input_grad": never if gx_path == "gemm" else 0})
     if blocks == "one_tile_row":                 # blocks of one tile row: many block edges
-        monkeypatch.setattr(winograd, "BLOCK_TILES", (1, 1))
-        monkeypatch.setattr(winograd, "SCRATCH_BYTES", 1)
+        cpu_dispatch(winograd_block_tiles=(1, 1), winograd_scratch_bytes=1)
     n, c, k, h, w = case
     for direction, path in {"forward": "winograd", "weight_grad": gw_path, "input_grad": gx_path}.items():
         assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == path, direction
@@ -355,13 +350,11 @@ def test_conv2d_winograd(rng, monkeypatch, case, dtype, gw_path, gx_path, blocks
 
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("case", [(1, 128, 128, 40, 37), (1, 512, 512, 14, 13)])
-def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, case):
-    """float32 Winograd sums over 128-512 channels (contractions of 1,152-4,608 products) stay within
-    the convolution's 2e-5 tolerance, with the default block sizes (small images: path forced)."""
-    from minunet.kernels.cpu import winograd
-    monkeypatch.setattr(winograd, "MIN_TILES", dict.fromkeys(winograd.MIN_TILES, 0))
-    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
+def test_conv2d_winograd_float32_at_network_channel_counts(rng, cpu_dispatch, case):
+    """float32 Winograd F(2x2, 3x3) sums over 128-512 channels (contractions of 1,152-4,608 products)
+    stay within the convolution's 2e-5 tolerance, with the default block sizes (small images: path forced)."""
+    cpu_dispatch(winograd_min_tiles=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), winograd4=False,
+                 winograd_max_filter_per_tile=float("inf"), direct_max_work=0)
     n, c, k, h, w = case
     for direction in ("forward", "weight_grad", "input_grad"):
         assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "winograd"
@@ -370,13 +363,14 @@ def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, cas
 
 def test_conv2d_paths_of_the_paper_network():
     """The dispatch (measured crossovers, docs/performance.md): few channels or few pixels direct,
-    the large 64-512-channel layers Winograd, and no second pass over gy just for the input gradient."""
+    the large 64-512-channel layers Winograd (F(4x4, 3x3) forward and input gradient, F(2x2, 3x3)
+    weight gradient), and no second pass over gy just for the input gradient."""
     path = cpu_conv._path
     directions = ("forward", "weight_grad", "input_grad")
     # width 64
     assert [path(d, 1, 64, 3, 3, 570, 570) for d in directions] == ["direct"] * 3
     for c, k, hw in [(64, 64, 568), (128, 128, 280), (128, 256, 138), (512, 512, 64), (64, 64, 388)]:
-        assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd"] * 3, (c, k, hw)
+        assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd4", "winograd", "winograd4"], (c, k, hw)
     assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
     assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
     assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head

@@ -21,7 +21,7 @@ transposed weights) has two implementations:
 The weight gradient (``weight_grad``) is a reduction over positions, also an IR micro-kernel
 (``_emit_weight_tile``): for two output channels and one input channel, the 18 sums are vector
 accumulators in registers while two gy rows at a time sweep the columns against the four input
-rows they share, moved to float64 every FLUSH_PRODUCTS products per lane (170-240 GFLOP/s; the
+rows they share, moved to float64 every ``Dispatch.flush_products`` products per lane (170-240 GFLOP/s; the
 Numba loops it replaced, 100-200, with two modes from run to run). The first layer, which
 needs no input gradient and has one input channel, takes ``masked_weight_grad`` instead: plain
 Numba loops that read gy and the ReLU mask directly, with no padded copy of gy written first.
@@ -37,6 +37,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .dispatch import current
 from .vector_width import host_has_avx512, wide_vectors
 
 # Bytes per vector of the tiled kernel: its micro-kernel holds 16 of them as accumulators, which
@@ -234,7 +235,7 @@ def weight_grad(x, gy_pad):
     k, ho, wo = gy_pad.shape[1], gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
     rows = _weight_grad_rows(c, width, x.itemsize)
     lanes = VECTOR_BYTES // x.itemsize
-    pairs_per_flush = max(1, FLUSH_PRODUCTS // (2 * -(-wo // lanes)))
+    pairs_per_flush = max(1, current().flush_products // (2 * -(-wo // lanes)))
     partial = np.empty((n * -(-ho // rows), k, c, 9), dtype=np.float64)
     _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial)
     gw = np.empty((k, c, 3, 3), x.dtype)
@@ -319,10 +320,6 @@ def _rows(x, w, bias, relu, y):
                             out[col] = 0
 
 
-# Bytes of the input rows one weight-gradient task reads (C x rows x W): they stay in L2.
-WEIGHT_GRAD_BLOCK_BYTES = 1 << 19
-
-
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _masked_weight_grad(x, gy, mask, use_mask, gw, gb):
     """gw[k, c, i, j] = sum of g[k] * x[c] shifted by (i, j), gb[k] = sum of g[k], where g = gy
@@ -381,17 +378,9 @@ def masked_weight_grad(x, gy, y=None):
     return gw, gb
 
 
-# Products each float32 vector lane sums before its total moves to float64 (precision: the
-# float32 part of a sum stays a short one, as in a BLAS dot product's blocks). Rows of more than
-# FLUSH_PRODUCTS / 2 vectors flush after every row pair. 256 against 64: the network's weight
-# gradients 3-12% faster, the error 1e-7 -> 2.6e-7 of max |gw| (16->16 @300; the float32 result's
-# own rounding is 6e-8, the tests' tolerance 2e-5).
-FLUSH_PRODUCTS = 256
-
-
 def _weight_grad_rows(c, width, itemsize):
-    """Output rows per weight-gradient task: its input rows fill WEIGHT_GRAD_BLOCK_BYTES."""
-    return max(1, WEIGHT_GRAD_BLOCK_BYTES // (itemsize * c * width))
+    """Output rows per weight-gradient task: its input rows fill ``Dispatch.weight_grad_block_bytes``."""
+    return max(1, current().weight_grad_block_bytes // (itemsize * c * width))
 
 
 def _emit_weight_tile(channels, context, builder, sig, args):

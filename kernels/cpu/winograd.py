@@ -33,35 +33,16 @@ from numba import njit, prange
 
 from . import buffers
 from .blas import WORKERS, gemm, parallel_for
-
-# Tiles per block: enough that each of the 16 GEMMs has a long dimension worth BLAS's packing
-# (at least BLOCK_TILES[0], rounded up to whole tile rows), otherwise as many as keep a worker's
-# V and M (16 x (C + K) x tiles) within SCRATCH_BYTES. So with many channels the scratch exceeds
-# it (1024 + 512 channels at 54 x 54: 270 tiles, 26 MB), and the weight gradient adds each
-# worker's 16 x K x C sum (16 MB at 512 x 512); those layers have small activations, so the
-# step's peak memory, set by the top layers, does not move (docs/performance.md).
-BLOCK_TILES = (256, 2048)
-SCRATCH_BYTES = 1 << 24
-
-# When the Winograd path runs (3x3 only), per direction: at least MIN_CHANNELS in and out and
-# at least MIN_TILES[direction] output tiles per image; the weight gradient also needs C * K at
-# most MAX_FILTER_PER_TILE per tile (each worker re-reads and re-writes its 16 x K x C sum once per
-# block, which does not pay with few tiles and big filters). Measured crossovers against the
-# direct and nine-GEMM paths on 2 cores, both network widths (docs/performance.md): it loses with
-# fewer than 64 channels (short GEMMs, transforms dominate) and on the 28-32-pixel bottom layers.
-# Tests set these to force a path.
-MIN_CHANNELS = 64
-MIN_TILES = {"forward": 700, "input_grad": 700, "weight_grad": 500}
-MAX_FILTER_PER_TILE = 512
-
+from .dispatch import current
 
 def applies(direction, c, k, ho, wo):
     """Whether ``direction`` ("forward", "input_grad", "weight_grad") of a 3x3 convolution with C
     inputs, K outputs and an Ho x Wo output takes this path."""
+    d = current()
     tiles = -(-ho // 2) * -(-wo // 2)
-    if min(c, k) < MIN_CHANNELS or tiles < MIN_TILES[direction]:
+    if min(c, k) < d.winograd_min_channels or tiles < d.winograd_min_tiles[direction]:
         return False
-    return direction != "weight_grad" or c * k <= MAX_FILTER_PER_TILE * tiles
+    return direction != "weight_grad" or c * k <= d.winograd_max_filter_per_tile * tiles
 
 
 @njit(cache=True, nogil=True)
@@ -179,18 +160,20 @@ def _grad_transform(gy_pad, tr0, tr1, tiles_x, g):
                     g3[t0 + tx] = -q
 
 
-def _tiling(n, ho, wo, channels, itemsize):
-    """(tiles_x, tiles_y, rows, blocks) for an Ho x Wo output of n images: tiles per row and column,
-    tile rows per block (BLOCK_TILES[0]..BLOCK_TILES[1] tiles within SCRATCH_BYTES; every worker
-    gets one), and the blocks as (image, first tile row).
+def block_tiling(n, ho, wo, channels, itemsize, tile=2):
+    """(tiles_x, tiles_y, rows, blocks) for an Ho x Wo output of n images in tile x tile output
+    tiles: tiles per row and column, tile rows per block (``Dispatch.winograd_block_tiles`` within
+    ``winograd_scratch_bytes`` of transformed tiles; every worker gets one), and the blocks as
+    (image, first tile row).
 
     An image's blocks come in a multiple of the workers, of near-equal height, so that the
     workers' shares match: 69 tile rows in blocks of 30 (30 + 39 rows per worker with two)
     left a core idle for a quarter of the weight gradient of 64->64 @138.
     """
-    tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
-    tiles = SCRATCH_BYTES // (16 * channels * itemsize)
-    tiles = min(BLOCK_TILES[1], max(BLOCK_TILES[0], tiles))
+    block_tiles, scratch_bytes = current().winograd_block_tiles, current().winograd_scratch_bytes
+    tiles_y, tiles_x = -(-ho // tile), -(-wo // tile)
+    tiles = scratch_bytes // ((tile + 2) ** 2 * channels * itemsize)
+    tiles = min(block_tiles[1], max(block_tiles[0], tiles))
     rows = max(1, min(-(-tiles // tiles_x), -(-tiles_y // WORKERS)))
     blocks = -(-tiles_y // rows)
     rows = -(-tiles_y // (-(-blocks // WORKERS) * WORKERS))
@@ -202,7 +185,7 @@ def conv3x3_forward(x, w, bias, relu):
     n, c, h, wd = x.shape
     k = w.shape[0]
     ho, wo = h - 2, wd - 2
-    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
+    tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize)
     u = np.empty((16, k, c), x.dtype)
     _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
@@ -252,7 +235,7 @@ def conv3x3_weight_grad(x, gy_pad):
     n, c, h, wd = x.shape
     k = gy_pad.shape[1]
     ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
-    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
+    tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize)
 
     def blocks(part):                      # one worker: its blocks, summed into its own dW^
         v = buffers.empty((16, c, rows * tiles_x), x.dtype)
