@@ -4,7 +4,7 @@ Each contender is built from one minunet model (the same weights) and answers tw
 float32 NumPy batches (N, C, S, S): ``logits(tiles)`` (the forward, for the one-tile case) and
 ``probabilities(tiles)`` (the forward and the softmax over classes, for overlap-tile prediction).
 
-- ``minunet``: the CPU backend, float32 (``precision="bf16"`` where the CPU has AVX512-BF16).
+- ``minunet``: the CPU backend, float32.
 - ``torch``, ``torch_cl``: the PyTorch twin (``minunet.benchmarks.torch_unet``), NCHW and
   channels_last, under ``inference_mode``.
 - ``ort``: ONNX Runtime's CPU execution provider on the ONNX export of the model.
@@ -62,13 +62,12 @@ def make_onnx(model, path, tile, softmax):
 
 
 class Minunet:
-    """minunet's CPU backend (float32, or bf16 with ``precision="bf16"``)."""
+    """minunet's CPU backend, float32."""
 
-    def __init__(self, model, precision="float32"):
+    def __init__(self, model):
         from minunet.engine import functional as F
         from minunet.engine.autograd import Tensor, no_grad
         self.model, self.F, self.Tensor, self.no_grad = model, F, Tensor, no_grad
-        self.precision = precision
 
     def logits(self, tiles):
         with self.no_grad():
@@ -171,8 +170,6 @@ def build(name, model, onnx_paths):
     """Contender ``name`` for ``model``; ``onnx_paths`` = (logits file, probabilities file)."""
     if name == "minunet":
         return Minunet(model)
-    if name == "minunet_bf16":
-        return Minunet(model, "bf16")
     if name in ("torch", "torch_cl"):
         return Torch(model, channels_last=name == "torch_cl")
     if name == "ort":

@@ -1,6 +1,6 @@
 """Prediction on the CPU: minunet against PyTorch, ONNX Runtime and OpenVINO, with the same weights.
 
-    python benchmarks/predict.py [--widths 16 64] [--cases tile image stack] [--mode both]
+    python benchmarks/predict.py [--widths 16,64] [--cases tile,image,stack] [--mode both]
                                  [--repeat 5] [--warmup 1] [--rounds 3] [--stack 30] [--json FILE]
 
 The paper's network (depth 5, 1 channel, 2 classes) with He-initialised weights, float32, in
@@ -238,13 +238,23 @@ def format_table(records, absent, found):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def _names(text, allowed=None):
+    """A comma-separated option as a list (checked against ``allowed``)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if allowed is not None and n not in allowed]
+    if bad:
+        raise SystemExit(f"benchmarks/predict.py: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return names
+
+
+def arguments():
+    """The command-line options (also those of ``minunet bench predict``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument("--contenders", nargs="+", default=list(anchors.ALL), metavar="NAME",
-                        help=f"any of {', '.join(anchors.ALL)}")
-    parser.add_argument("--mode", choices=["interleaved", "alone", "both"], default="both")
+    parser.add_argument("--widths", default="16,64", help="network widths, comma-separated")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--contenders", default=",".join(anchors.ALL), help=f"comma-separated, of {', '.join(anchors.ALL)}")
+    parser.add_argument("--mode", choices=["interleaved", "alone", "both"], default="both",
+                        help="all contenders in one process, each alone in its own (alternating), or both")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="alone: processes per contender, alternating")
@@ -256,7 +266,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (the anchors are CPU runtimes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
+    args.widths = [int(w) for w in _names(args.widths)]
+    args.cases = _names(args.cases, CASES)
+    args.contenders = _names(args.contenders, anchors.ALL)
     if args.device != "cpu":
         from minunet.benchmarks.train_step import cuda_missing
         why = cuda_missing(args.device) or "it compares CPU runtimes; for the GPU run minunet bench train-step --device cuda"

@@ -253,7 +253,8 @@ def cuda_missing(device):
     return None if ok else f"--device cuda needs a CUDA GPU and the [cuda] extra: pip install 'minunet[cuda]' (missing: {why})"
 
 
-def main(argv=None):
+def arguments():
+    """The command-line options (also those of ``minunet bench train-step``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--tile", type=int, default=572)
@@ -270,7 +271,11 @@ def main(argv=None):
                              "(alternating over --rounds), or both")
     parser.add_argument("--rounds", type=int, default=3, help="alone: processes per library, alternating")
     parser.add_argument("--child", choices=list(LIBRARIES), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     missing = cuda_missing(args.device)
     if missing:
         print(f"benchmarks/train_step.py: {missing}", file=sys.stderr)
