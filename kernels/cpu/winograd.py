@@ -45,25 +45,36 @@ def applies(direction, c, k, ho, wo):
     return direction != "weight_grad" or c * k <= d.winograd_max_filter_per_tile * tiles
 
 
-@njit(cache=True, nogil=True)
-def _filter_transform(w, u):
-    """u[xi, k, c] = (G w[k, c] G^T) at the 4x4 position xi, computed in float64."""
+# G of F(2x2, 3x3): the filter transform U = G g G^T.
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def filter_transform(w, g, u):
+    """u[p i + j, k, c] = (G w[k, c] G^T)[i, j] for G = g (p x 3), computed in float64.
+
+    In parallel over k, each k's weights first gathered with c innermost so that every loop
+    runs over contiguous c (vectorised): for 512 x 1024 channels the F(4x4, 3x3) transform took
+    58 ms on one core with c outermost.
+    """
     k_out, c_in = w.shape[:2]
-    t = np.empty((4, 3))
-    for k in range(k_out):
+    p = g.shape[0]
+    for k in prange(k_out):
+        wk = np.empty((3, 3, c_in))
+        t = np.empty((p, 3, c_in))
         for c in range(c_in):
-            g = w[k, c]
-            for j in range(3):
-                g0, g1, g2 = np.float64(g[0, j]), np.float64(g[1, j]), np.float64(g[2, j])
-                t[0, j] = g0
-                t[1, j] = 0.5 * (g0 + g1 + g2)
-                t[2, j] = 0.5 * (g0 - g1 + g2)
-                t[3, j] = g2
-            for i in range(4):
-                u[4 * i, k, c] = t[i, 0]
-                u[4 * i + 1, k, c] = 0.5 * (t[i, 0] + t[i, 1] + t[i, 2])
-                u[4 * i + 2, k, c] = 0.5 * (t[i, 0] - t[i, 1] + t[i, 2])
-                u[4 * i + 3, k, c] = t[i, 2]
+            for a in range(3):
+                for b in range(3):
+                    wk[a, b, c] = w[k, c, a, b]
+        for i in range(p):
+            for b in range(3):
+                for c in range(c_in):
+                    t[i, b, c] = g[i, 0] * wk[0, b, c] + g[i, 1] * wk[1, b, c] + g[i, 2] * wk[2, b, c]
+        for i in range(p):
+            for j in range(p):
+                out = u[p * i + j, k]
+                for c in range(c_in):
+                    out[c] = t[i, 0, c] * g[j, 0] + t[i, 1, c] * g[j, 1] + t[i, 2, c] * g[j, 2]
 
 
 @njit(cache=True, nogil=True)
@@ -187,7 +198,7 @@ def conv3x3_forward(x, w, bias, relu):
     ho, wo = h - 2, wd - 2
     tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize)
     u = np.empty((16, k, c), x.dtype)
-    _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
+    filter_transform(np.ascontiguousarray(w, dtype=x.dtype), G, u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
 
     def blocks(part):                      # one worker: its (image, first tile row) blocks

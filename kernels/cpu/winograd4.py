@@ -22,35 +22,16 @@ from numba import njit
 
 from . import buffers
 from .blas import gemm, parallel_for
-from .winograd import block_tiling
+from .winograd import block_tiling, filter_transform
 
 TILE = 4            # output pixels per tile side
 PATCH = TILE + 2    # input pixels per patch side
 POSITIONS = PATCH * PATCH
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _g(g0, g1, g2):
-    """G (6x3) times the column (g0, g1, g2)."""
-    return (0.25 * g0, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6,
-            g0 / 24 + g1 / 12 + g2 / 6, g0 / 24 - g1 / 12 + g2 / 6, g2)
-
-
-@njit(cache=True, nogil=True)
-def _filter_transform(w, u):
-    """u[xi, k, c] = (G w[k, c] G^T) at the 6x6 position xi, computed in float64."""
-    k_out, c_in = w.shape[:2]
-    t = np.empty((6, 3))
-    for k in range(k_out):
-        for c in range(c_in):
-            g = w[k, c]
-            for j in range(3):
-                t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j] = _g(
-                    np.float64(g[0, j]), np.float64(g[1, j]), np.float64(g[2, j]))
-            for i in range(6):
-                a0, a1, a2, a3, a4, a5 = _g(t[i, 0], t[i, 1], t[i, 2])
-                u[6 * i, k, c], u[6 * i + 1, k, c], u[6 * i + 2, k, c] = a0, a1, a2
-                u[6 * i + 3, k, c], u[6 * i + 4, k, c], u[6 * i + 5, k, c] = a3, a4, a5
+# G of F(4x4, 3x3): the filter transform U = G g G^T (winograd.filter_transform, in float64).
+G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -106,20 +87,9 @@ def _input_transform(x, tr0, tr1, tiles_x, v):
 
 @njit(cache=True, nogil=True, inline="always")
 def _tile_columns(d0, d1, d2, d3, d4, d5, b0, b1, b2, b3, b4, b5):
-    """b_i[t] = (B^T (d0[t], ..., d5[t]))_i, one output stream per loop (each loop vectorises)."""
-    n = b0.shape[0]
-    for t in range(n):
-        b0[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[0]
-    for t in range(n):
-        b1[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[1]
-    for t in range(n):
-        b2[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[2]
-    for t in range(n):
-        b3[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[3]
-    for t in range(n):
-        b4[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[4]
-    for t in range(n):
-        b5[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])[5]
+    """b_i[t] = (B^T (d0[t], ..., d5[t]))_i over unit-stride streams (the loop vectorises over t)."""
+    for t in range(b0.shape[0]):
+        b0[t], b1[t], b2[t], b3[t], b4[t], b5[t] = _bt(d0[t], d1[t], d2[t], d3[t], d4[t], d5[t])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -141,16 +111,9 @@ def _act(value, bias, relu):
 
 @njit(cache=True, nogil=True, inline="always")
 def _columns_at(m0, m1, m2, m3, m4, m5, s0, s1, s2, s3):
-    """s_a[t] = (A^T (m0[t], ..., m5[t]))_a, one output stream per loop (each loop vectorises)."""
-    n = s0.shape[0]
-    for t in range(n):
-        s0[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t])[0]
-    for t in range(n):
-        s1[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t])[1]
-    for t in range(n):
-        s2[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t])[2]
-    for t in range(n):
-        s3[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t])[3]
+    """s_a[t] = (A^T (m0[t], ..., m5[t]))_a over unit-stride streams (the loop vectorises over t)."""
+    for t in range(s0.shape[0]):
+        s0[t], s1[t], s2[t], s3[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t])
 
 
 @njit(cache=True, nogil=True)
@@ -194,7 +157,7 @@ def conv3x3_forward(x, w, bias, relu):
     ho, wo = h - 2, wd - 2
     tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize, TILE)
     u = np.empty((POSITIONS, k, c), x.dtype)
-    _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
+    filter_transform(np.ascontiguousarray(w, dtype=x.dtype), G, u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
 
     def blocks(part):                      # one worker: its (image, first tile row) blocks
