@@ -32,8 +32,15 @@ LABELS = {
 
 
 def threads():
-    """The cores this process may run on: every contender gets that many threads."""
-    return len(os.sched_getaffinity(0))
+    """Threads every contender gets: ``MINUNET_BENCH_THREADS`` if set (``--threads``), else the
+    cores this process may run on."""
+    return int(os.environ.get("MINUNET_BENCH_THREADS", 0)) or len(os.sched_getaffinity(0))
+
+
+def use_threads(n):
+    """Give every contender ``n`` threads; before minunet's CPU backend loads (Numba reads
+    NUMBA_NUM_THREADS once), and inherited by the processes of the alone mode."""
+    os.environ["MINUNET_BENCH_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(n)
 
 
 def make_model(width, seed=0):

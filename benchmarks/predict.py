@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from minunet.benchmarks import anchors
+from minunet.benchmarks import timing
 from minunet.benchmarks.timing import interleaved
 
 CASES = ("tile", "image", "stack")
@@ -135,7 +136,8 @@ def time_alone(work_args, names, warmup, repeat, rounds, progress):
                     continue
                 out = Path(folder) / f"{name}.npy"
                 cmd = [sys.executable, "-m", "minunet.benchmarks.predict", "--child", name, "--child-out", str(out),
-                       "--warmup", str(warmup), "--repeat", str(repeat)] + work_args
+                       "--warmup", str(warmup), "--repeat", str(repeat)] + work_args \
+                    + (["--clock", "cpu"] if timing.clock is time.process_time else [])
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     raise RuntimeError(f"{name} alone failed:\n{done.stderr[-3000:]}")
@@ -165,9 +167,9 @@ def child_main(args):
             fn()
         times = []
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t0 = timing.clock()
             output = fn()
-            times.append(time.perf_counter() - t0)
+            times.append(timing.clock() - t0)
     np.save(args.child_out, np.asarray(output), allow_pickle=False)
     print(json.dumps({"runs_s": times}))
     return 0
@@ -221,7 +223,8 @@ def format_table(records, absent, found):
     what = {"tile": f"forward of one {r0['tile']} tile", "image": "one 512x512 image, overlap-tile",
             "stack": f"stack of {r0['tiles']} tile(s) of {r0['tile']}, overlap-tile"}[r0["case"]]
     mine = {r["mode"]: r["median_s"] for r in records if r["contender"] == "minunet"}
-    lines = [f"{what}, width {r0['width']}, {r0['threads']} threads (medians; ratio = minunet / contender)",
+    clock = "CPU time" if timing.clock is time.process_time else "wall time"
+    lines = [f"{what}, width {r0['width']}, {r0['threads']} thread(s), {clock} (medians; ratio = minunet / contender)",
              f"{'contender':40s} {'mode':12s} {'median s':>9s} {'min-max s':>15s} {'ratio':>6s} {'rel. diff':>9s}"]
     for r in records:
         ratio = mine.get(r["mode"], float("nan")) / r["median_s"]
@@ -262,6 +265,11 @@ def arguments():
     parser.add_argument("--stack", type=int, default=30, help="slices of the stack case")
     parser.add_argument("--tile", type=int, default=None, help="overlap-tile input tile (default: the least work)")
     parser.add_argument("--batch", type=int, default=4, help="tiles per call, across slices")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of every contender (default: the cores this process may use)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the process's CPU time instead of wall time (with --threads 1, a "
+                             "measure that other jobs on a shared machine hardly move)")
     parser.add_argument("--json", metavar="FILE", help="write the records and the targets as JSON")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (the anchors are CPU runtimes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -279,9 +287,14 @@ def main(argv=None):
         why = cuda_missing(args.device) or "it compares CPU runtimes; for the GPU run minunet bench train-step --device cuda"
         print(f"benchmarks/predict.py --device {args.device}: {why}", file=sys.stderr)
         return 2
+    if args.threads:
+        anchors.use_threads(args.threads)
+    if args.clock == "cpu":
+        timing.use_clock(time.process_time)
     if args.child:
         return child_main(args)
-    everything = dict(records=[], targets=[], missing={}, machine=os.uname().machine)
+    everything = dict(records=[], targets=[], missing={}, machine=os.uname().machine, threads=anchors.threads(),
+                      clock=args.clock)
     for width in args.widths:
         for case in args.cases:
             records, absent, found = run_case(case, width, args.contenders, args.mode, args.warmup, args.repeat,

@@ -176,7 +176,8 @@ def force_direct(cpu_dispatch, forward, weight_grad, input_grad):
     never, always = 0, 10 ** 9
     cpu_dispatch(direct_max={"forward": always if forward else never, "weight_grad": always if weight_grad else never,
                              "input_grad": always if input_grad else never},
-                 direct_max_pixels=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), direct_max_work=always)
+                 direct_max_pixels=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), direct_max_work=always,
+                 winograd4_min_tiles=always, winograd_small_image_min_filter=always, winograd4_input_grad=False)
 
 
 DIRECT_CASES = [
@@ -371,20 +372,23 @@ def test_conv2d_paths_of_the_paper_network():
     assert [path(d, 1, 64, 3, 3, 570, 570) for d in directions] == ["direct"] * 3
     for c, k, hw in [(64, 64, 568), (128, 128, 280), (128, 256, 138), (512, 512, 64), (64, 64, 388)]:
         assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd4", "winograd", "winograd4"], (c, k, hw)
-    assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
+    assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "gemm"]
     assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
     assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head
-    # width 16: direct everywhere except weight gradients from 64 x 128 channels on ...
+    # width 16: direct below 64 channels; from 64 the forward and the input gradient on
+    # F(4x4, 3x3), the weight gradient direct up to 64 x 64 channels, Winograd from 64 x 128 ...
     assert [path(d, 16, 16, 3, 3, 568, 568) for d in directions] == ["direct"] * 3
-    assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["direct"] * 3
-    assert [path(d, 64, 128, 3, 3, 66, 66) for d in directions] == ["direct", "winograd", "direct"]
+    assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["winograd4", "direct", "winograd4"]
+    assert [path(d, 64, 128, 3, 3, 66, 66) for d in directions] == ["winograd4", "winograd", "winograd4"]
+    assert path("forward", 128, 256, 3, 3, 30, 30) == "direct"       # few tiles, small filter
     # ... and input gradients whose weight gradient reads gy widened for the GEMMs
     assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct"] * 3
     assert [path(d, 32, 256, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
     # the bottom layers: the input gradient direct on small images up to 256 x 512 channels
-    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]
-    assert [path(d, 256, 512, 3, 3, 30, 30) for d in directions] == ["direct", "gemm", "direct"]
-    assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
+    # (their forward on F(2x2, 3x3): few tiles, but filters from 256 x 256)
+    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "direct"]
+    assert [path(d, 256, 512, 3, 3, 30, 30) for d in directions] == ["winograd", "gemm", "direct"]
+    assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "gemm"]
 
 
 @pytest.mark.gradcheck

@@ -62,12 +62,22 @@ def _path(direction, c, k, kh, kw, ho, wo):
     convolution with C inputs, K outputs and an Ho x Wo output: "direct", "winograd",
     "winograd4" (F(4x4, 3x3), forward and input gradient) or "gemm".
 
-    Few channels, or few pixels: direct. Many channels on large images: Winograd. Otherwise
-    nine GEMMs (and always for kernels other than 3x3). The thresholds: ``dispatch.current()``.
+    Few channels, or few pixels: direct. Many channels: Winograd (the forward from 64 channels,
+    the gradients on large images only). Otherwise nine GEMMs (and always for kernels other than
+    3x3). The thresholds: ``dispatch.current()``.
     """
     if kh != 3 or kw != 3:
         return "gemm"
     d = current()
+    if direction == "forward" and min(c, k) >= d.winograd_min_channels:
+        if d.winograd4 and -(-ho // 4) * -(-wo // 4) >= d.winograd4_min_tiles:
+            return "winograd4"
+        if c * k >= d.winograd_small_image_min_filter:
+            return "winograd"
+    if direction == "input_grad" and d.winograd4_input_grad and d.winograd4 and min(c, k) >= d.winograd_min_channels \
+            and -(-(ho + 2) // 4) * -(-(wo + 2) // 4) >= d.winograd4_min_tiles \
+            and _path("weight_grad", c, k, kh, kw, ho, wo) != "gemm":
+        return "winograd4"     # on the padded gy that the weight gradient's path reads anyway
     few_channels = c * k <= d.direct_max[direction]
     wino = winograd.applies(direction, c, k, ho, wo)
     if wino and not (few_channels and c * k * -(-ho // 2) * -(-wo // 2) <= d.direct_max_work):

@@ -48,10 +48,18 @@ class Dispatch:
     winograd_max_filter_per_tile: int = 512
     # Winograd F(4x4, 3x3) (winograd4.py) takes the forward and the input gradient wherever
     # Winograd runs: 2.25 instead of 4 multiplications per output and channel pair, and the
-    # transformed input 2.25x the input's size instead of 4x (1.0-1.5x faster than F(2x2, 3x3) on
-    # every such layer of the network). Its float32 error, 1e-6 of the terms' scale, is 20x
-    # inside the tolerance; False keeps F(2x2, 3x3) everywhere.
+    # transformed input 2.25x the input's size instead of 4x. Its float32 error, 1e-6 of the
+    # terms' scale, is 20x inside the tolerance; False keeps F(2x2, 3x3) everywhere.
     winograd4: bool = True
+    # The forward from winograd_min_channels in and out goes to F(4x4, 3x3) on images of at least
+    # winograd4_min_tiles 4x4 tiles (it beats the direct kernel from 64 channels at 64 x 64
+    # pixels), and on smaller images to F(2x2, 3x3) from winograd_small_image_min_filter = C x K
+    # (the 28-32-pixel bottom layers from 256 x 256 channels: short GEMMs, but 2.25x fewer
+    # multiplications than the direct kernel's). With winograd4_input_grad the input gradient
+    # follows the same F(4x4, 3x3) rule where the weight gradient's path pads gy anyway.
+    winograd4_min_tiles: int = 150
+    winograd_small_image_min_filter: int = 256 * 256
+    winograd4_input_grad: bool = True
 
     # Block sizes. GEMM path: bytes of one block's operands (input window and accumulator).
     gemm_block_bytes: int = 1 << 23
