@@ -26,7 +26,11 @@ whichever runs next: caches, thread pools). Every output is compared with minune
 fastest float32 anchor's.
 
 ``--json FILE`` writes every record (case, width, contender, mode, runs, median, relative
-difference) and the targets. ``minunet bench predict`` runs the same.
+difference) and the targets. ``minunet bench predict`` runs the same. On a shared machine,
+``--threads 1 --clock cpu`` times one thread per library in CPU time, which other jobs move far
+less than wall time. A full default run is long on 2 cores (the width-64 stack of 30 slices,
+six contenders, four timings each: about two hours); ``--stack 8``, ``--rounds 1`` or fewer
+``--contenders`` shorten it.
 """
 import argparse
 import json
