@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet.benchmarks import timing
 from minunet.benchmarks.timing import import_torch, interleaved, tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,8 @@ class TorchCase:
 
     def __init__(self, mine, device, channels_last=False):
         torch = import_torch("benchmarks/train_step.py")
+        if os.environ.get("MINUNET_BENCH_THREADS"):
+            torch.set_num_threads(int(os.environ["MINUNET_BENCH_THREADS"]))
         from minunet.benchmarks.torch_unet import TorchUNet, weighted_cross_entropy
         self.torch, self.loss_fn = torch, weighted_cross_entropy
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -137,7 +140,8 @@ def _child(which, width, tile, device, env=None, repeat=0, warmup=1):
     """Run one library in a fresh process: two training steps (first-step time, peak RSS), or with
     ``repeat`` also ``warmup`` + ``repeat`` timed steps and forwards."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--width", str(width),
-           "--tile", str(tile), "--device", device, "--repeat", str(repeat), "--warmup", str(warmup)]
+           "--tile", str(tile), "--device", device, "--repeat", str(repeat), "--warmup", str(warmup)] \
+        + (["--clock", "cpu"] if timing.clock is time.process_time else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
     if out.returncode:
         raise RuntimeError(f"child {which} failed:\n{out.stderr[-3000:]}")
@@ -270,12 +274,21 @@ def arguments():
                         help="interleaved in one process, each library alone in its own process "
                              "(alternating over --rounds), or both")
     parser.add_argument("--rounds", type=int, default=3, help="alone: processes per library, alternating")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of each library (default: Numba's and PyTorch's own, the cores)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the process's CPU time instead of wall time (with --threads 1, a "
+                             "measure that other jobs on a shared machine hardly move)")
     parser.add_argument("--child", choices=list(LIBRARIES), help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv=None):
     args = arguments().parse_args(argv)
+    if args.threads:              # before minunet's CPU backend loads: Numba reads it once
+        os.environ["MINUNET_BENCH_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+    if args.clock == "cpu":
+        timing.use_clock(time.process_time)
     missing = cuda_missing(args.device)
     if missing:
         print(f"benchmarks/train_step.py: {missing}", file=sys.stderr)
