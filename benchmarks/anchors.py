@@ -155,11 +155,6 @@ class OpenVino:
     def probabilities(self, tiles):
         return self._run(tiles, 1)
 
-    def precision(self):
-        """The inference precision OpenVINO chose (f32, bf16, ...)."""
-        compiled = next(iter(self.compiled.values()), None)
-        return None if compiled is None else str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-
 
 def missing(name):
     """Why contender ``name`` cannot run here (its library is not installed), or None."""
