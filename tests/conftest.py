@@ -59,3 +59,14 @@ def isbi_dir():
     if not (ISBI / "train" / "image").is_dir():
         pytest.skip(f"ISBI 2012 data not found at {ISBI} (set {ISBI_ENV} to its folder)")
     return ISBI
+
+
+@pytest.fixture
+def cpu_dispatch():
+    """Change the CPU backend's dispatch thresholds and block sizes for one test:
+    ``cpu_dispatch(direct_max=..., ...)`` (fields of ``minunet.kernels.cpu.dispatch.Dispatch``);
+    the measured defaults come back afterwards."""
+    dispatch = pytest.importorskip("minunet.kernels.cpu.dispatch")
+    saved = dispatch.current()
+    yield lambda **changes: dispatch.install(dispatch.current().replace(**changes))
+    dispatch.install(saved)

@@ -179,8 +179,8 @@ def set_tiling(name, tiling, monkeypatch):
     if tiling == "default":
         return
     if name == "cpu":
-        from minunet.kernels.cpu import conv
-        monkeypatch.setattr(conv, "BLOCK_BYTES", 5)         # blocks of one row: many block edges
+        from minunet.kernels.cpu import dispatch  # blocks of one row: many block edges
+        monkeypatch.setattr(dispatch, "_active", dispatch.current().replace(gemm_block_bytes=5))
     elif name == "cuda":
         from minunet.kernels.cuda import conv
         monkeypatch.setattr(conv, "TILES", dict.fromkeys(conv.TILES, tiny_tile(conv)))

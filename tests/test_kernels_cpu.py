@@ -22,11 +22,11 @@ from minunet.kernels.cpu import direct as cpu_direct  # noqa: E402
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [(1, 70, 9, 6, 21), (2, 3, 5, 6, 11), (1, 16, 33, 5, 40)])
-def test_conv2d_gemm_weight_grad_direct_input_grad(rng, monkeypatch, case, dtype):
+def test_conv2d_gemm_weight_grad_direct_input_grad(rng, cpu_dispatch, case, dtype):
     """The bottom layers' mix: the weight gradient on the GEMMs (gy widened), the input gradient
     direct (gy padded), both from one backward call."""
-    force_direct(monkeypatch, forward=True, weight_grad=False, input_grad=True)
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", {"forward": 0, "weight_grad": 0, "input_grad": 10 ** 9})
+    force_direct(cpu_dispatch, forward=True, weight_grad=False, input_grad=True)
+    cpu_dispatch(direct_max_pixels={"forward": 0, "weight_grad": 0, "input_grad": 10 ** 9})
     n, c, k, h, w = case
     assert cpu_conv._path("weight_grad", c, k, 3, 3, h - 2, w - 2) == "gemm"
     assert cpu_conv._path("input_grad", c, k, 3, 3, h - 2, w - 2) == "direct"
@@ -50,7 +50,7 @@ def test_first_layer_weight_grad(rng, monkeypatch, case, dtype):
     real = cpu_direct.masked_weight_grad
     monkeypatch.setattr(cpu_direct, "masked_weight_grad", lambda *a: calls.append(a) or real(*a))
     n, c, k, h, w = case
-    for channels, fused in [(c, True), (cpu_conv.FEW_INPUTS_NO_GX + 1, False)]:
+    for channels, fused in [(c, True), (cpu_conv.current().few_inputs_no_gx + 1, False)]:
         calls.clear()
         x, x64 = draw(rng, (n, channels, h, w), dtype)
         wt, wt64 = draw(rng, (k, channels, 3, 3), dtype, 1 / np.sqrt(channels * 9))
@@ -88,14 +88,13 @@ def check_conv3x3_all_directions(rng, case, dtype):
                     assert_close(a, e, dtype, "conv2d", s)
 
 
-def force_direct(monkeypatch, forward, weight_grad, input_grad):
+def force_direct(cpu_dispatch, forward, weight_grad, input_grad):
     """Make each direction of a 3x3 convolution take the direct path (True) or not (False)."""
     never, always = 0, 10 ** 9
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX", {"forward": always if forward else never,
-                                                 "weight_grad": always if weight_grad else never,
-                                                 "input_grad": always if input_grad else never})
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_PIXELS", dict.fromkeys(cpu_conv.DIRECT_MAX_PIXELS, 0))
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", always)
+    cpu_dispatch(direct_max={"forward": always if forward else never, "weight_grad": always if weight_grad else never,
+                             "input_grad": always if input_grad else never},
+                 direct_max_pixels=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), direct_max_work=always,
+                 winograd4_min_tiles=always, winograd_small_image_min_filter=always, winograd4_input_grad=False)
 
 
 DIRECT_CASES = [
@@ -118,12 +117,12 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("case", DIRECT_CASES)
 @pytest.mark.parametrize("path", ["direct", "gemm", "mixed"])
 @pytest.mark.parametrize("block, flush", [(1 << 19, None), (5, None), (1 << 19, 2)])
-def test_conv2d_direct(rng, monkeypatch, case, dtype, path, block, flush):
+def test_conv2d_direct(rng, cpu_dispatch, case, dtype, path, block, flush):
     """Both paths (and the direct weight gradient with the GEMM input gradient) against the reference."""
-    monkeypatch.setattr(cpu_direct, "WEIGHT_GRAD_BLOCK_BYTES", block)   # 5: weight-gradient tasks of one row
+    cpu_dispatch(weight_grad_block_bytes=block)   # 5: weight-gradient tasks of one row
     if flush:                                # the weight gradient's sums move to float64 after every row pair
-        monkeypatch.setattr(cpu_direct, "FLUSH_PRODUCTS", flush)
-    force_direct(monkeypatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
+        cpu_dispatch(flush_products=flush)
+    force_direct(cpu_dispatch, forward=path != "gemm", weight_grad=path != "gemm", input_grad=path == "direct")
     n, c, k, h, w = case
     for direction, want in [("forward", path != "gemm"), ("weight_grad", path != "gemm"), ("input_grad", path == "direct")]:
         assert (cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "direct") == want, direction
@@ -251,19 +250,16 @@ WINOGRAD_CASES = [
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 @pytest.mark.parametrize("gw_path, gx_path", [("winograd", "winograd"), ("winograd", "gemm"), ("gemm", "winograd")])
 @pytest.mark.parametrize("blocks", ["default", "one_tile_row"])
-def test_conv2d_winograd(rng, monkeypatch, case, dtype, gw_path, gx_path, blocks):
-    """The Winograd path in every direction, alone and mixed with the GEMM path, against the reference."""
-    from minunet.kernels.cpu import winograd
-    force_direct(monkeypatch, forward=False, weight_grad=False, input_grad=False)
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
-    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
+def test_conv2d_winograd(rng, cpu_dispatch, case, dtype, gw_path, gx_path, blocks):
+    """The Winograd F(2x2, 3x3) path in every direction, alone and mixed with the GEMM path, against
+    the reference (F(4x4, 3x3) off: tests/test_kernels_cpu_inference.py covers it)."""
+    force_direct(cpu_dispatch, forward=False, weight_grad=False, input_grad=False)
     never = 10 ** 9
-    monkeypatch.setattr(winograd, "MIN_TILES", {
-        "forward": 0, "weight_grad": never if gw_path == "gemm" else 0, "input_grad": never if gx_path == "gemm" else 0})
+    cpu_dispatch(direct_max_work=0, winograd4=False, winograd_min_channels=0, winograd_max_filter_per_tile=float("inf"),
+                 winograd_min_tiles={"forward": 0, "weight_grad": never if gw_path == "gemm" else 0,
+                                     "input_grad": never if gx_path == "gemm" else 0})
     if blocks == "one_tile_row":                 # blocks of one tile row: many block edges
-        monkeypatch.setattr(winograd, "BLOCK_TILES", (1, 1))
-        monkeypatch.setattr(winograd, "SCRATCH_BYTES", 1)
+        cpu_dispatch(winograd_block_tiles=(1, 1), winograd_scratch_bytes=1)
     n, c, k, h, w = case
     for direction, path in {"forward": "winograd", "weight_grad": gw_path, "input_grad": gx_path}.items():
         assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == path, direction
@@ -272,13 +268,11 @@ def test_conv2d_winograd(rng, monkeypatch, case, dtype, gw_path, gx_path, blocks
 
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("case", [(1, 128, 128, 40, 37), (1, 512, 512, 14, 13)])
-def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, case):
-    """float32 Winograd sums over 128-512 channels (contractions of 1,152-4,608 products) stay within
-    the convolution's 2e-5 tolerance, with the default block sizes (small images: path forced)."""
-    from minunet.kernels.cpu import winograd
-    monkeypatch.setattr(winograd, "MIN_TILES", dict.fromkeys(winograd.MIN_TILES, 0))
-    monkeypatch.setattr(winograd, "MAX_FILTER_PER_TILE", float("inf"))
-    monkeypatch.setattr(cpu_conv, "DIRECT_MAX_WORK", 0)
+def test_conv2d_winograd_float32_at_network_channel_counts(rng, cpu_dispatch, case):
+    """float32 Winograd F(2x2, 3x3) sums over 128-512 channels (contractions of 1,152-4,608 products)
+    stay within the convolution's 2e-5 tolerance, with the default block sizes (small images: path forced)."""
+    cpu_dispatch(winograd_min_tiles=dict.fromkeys(("forward", "weight_grad", "input_grad"), 0), winograd4=False,
+                 winograd_max_filter_per_tile=float("inf"), direct_max_work=0)
     n, c, k, h, w = case
     for direction in ("forward", "weight_grad", "input_grad"):
         assert cpu_conv._path(direction, c, k, 3, 3, h - 2, w - 2) == "winograd"
@@ -287,27 +281,31 @@ def test_conv2d_winograd_float32_at_network_channel_counts(rng, monkeypatch, cas
 
 def test_conv2d_paths_of_the_paper_network():
     """The dispatch (measured crossovers, docs/performance.md): few channels or few pixels direct,
-    the large 64-512-channel layers Winograd, and no second pass over gy just for the input gradient."""
+    the large 64-512-channel layers Winograd (F(4x4, 3x3) forward and input gradient, F(2x2, 3x3)
+    weight gradient), and no second pass over gy just for the input gradient."""
     path = cpu_conv._path
     directions = ("forward", "weight_grad", "input_grad")
     # width 64
     assert [path(d, 1, 64, 3, 3, 570, 570) for d in directions] == ["direct"] * 3
     for c, k, hw in [(64, 64, 568), (128, 128, 280), (128, 256, 138), (512, 512, 64), (64, 64, 388)]:
-        assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd"] * 3, (c, k, hw)
-    assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
+        assert [path(d, c, k, 3, 3, hw, hw) for d in directions] == ["winograd4", "winograd", "winograd4"], (c, k, hw)
+    assert [path(d, 1024, 1024, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "gemm"]
     assert path("weight_grad", 1024, 512, 3, 3, 54, 54) == "gemm"     # big filter, few tiles
     assert path("forward", 64, 2, 1, 1, 388, 388) == "gemm"           # the 1x1 head
-    # width 16: direct everywhere except weight gradients from 64 x 128 channels on ...
+    # width 16: direct below 64 channels; from 64 the forward and the input gradient on
+    # F(4x4, 3x3), the weight gradient direct up to 64 x 64 channels, Winograd from 64 x 128 ...
     assert [path(d, 16, 16, 3, 3, 568, 568) for d in directions] == ["direct"] * 3
-    assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["direct"] * 3
-    assert [path(d, 64, 128, 3, 3, 66, 66) for d in directions] == ["direct", "winograd", "direct"]
+    assert [path(d, 64, 64, 3, 3, 136, 136) for d in directions] == ["winograd4", "direct", "winograd4"]
+    assert [path(d, 64, 128, 3, 3, 66, 66) for d in directions] == ["winograd4", "winograd", "winograd4"]
+    assert path("forward", 128, 256, 3, 3, 30, 30) == "direct"       # few tiles, small filter
     # ... and input gradients whose weight gradient reads gy widened for the GEMMs
     assert [path(d, 64, 32, 3, 3, 198, 198) for d in directions] == ["direct"] * 3
     assert [path(d, 32, 256, 3, 3, 198, 198) for d in directions] == ["direct", "gemm", "gemm"]
     # the bottom layers: the input gradient direct on small images up to 256 x 512 channels
-    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "direct"]
-    assert [path(d, 256, 512, 3, 3, 30, 30) for d in directions] == ["direct", "gemm", "direct"]
-    assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["direct", "gemm", "gemm"]
+    # (their forward on F(2x2, 3x3): few tiles, but filters from 256 x 256)
+    assert [path(d, 256, 256, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "direct"]
+    assert [path(d, 256, 512, 3, 3, 30, 30) for d in directions] == ["winograd", "gemm", "direct"]
+    assert [path(d, 512, 512, 3, 3, 28, 28) for d in directions] == ["winograd", "gemm", "gemm"]
 
 
 def test_cpu_backend_threads_on_openmp_and_leaves_the_environment_alone():

@@ -101,6 +101,19 @@ def test_stack_progress_and_model_mode(rng):
     np.testing.assert_allclose(got[1], tiling.predict_image(model, stack[1], tile=60), atol=1e-6)
 
 
+def test_stack_batches_tiles_across_slices(rng):
+    """Slices of one tile each share forward passes (batch 3: 5 slices in passes of 3 and 2), and
+    each slice's result is its own prediction."""
+    model = small_unet()
+    stack = rng.standard_normal((5, 30, 27)).astype(np.float32)
+    assert tiling.count_tiles(model, 76, 30, 27) == 1
+    calls = []
+    got = tiling.predict_stack(model, stack, tile=76, batch=3, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(3, 5), (5, 5)]
+    for i in range(5):
+        np.testing.assert_allclose(got[i], tiling.predict_image(model, stack[i], tile=76), atol=1e-6)
+
+
 def test_choose_tile_returns_valid_sizes():
     model = small_unet(4, 8)
     sizes = []

@@ -1,15 +1,16 @@
 """Numba CPU backend (see minunet.kernels for the contract): the default device.
 
-Convolutions are direct register-blocked kernels (up to ~128 channels), Winograd transforms
-around BLAS GEMMs (many channels on large images), or BLAS GEMMs over strided views (no im2col);
-everything else single fused Numba passes (``@njit(parallel=True, cache=True)``). One module
-per family of ops:
+Convolutions are direct register-blocked kernels (few channels), Winograd transforms around
+BLAS GEMMs (from 64 channels), or BLAS GEMMs over strided views (no im2col); everything else
+single fused Numba passes (``@njit(parallel=True, cache=True)``). One module per family of ops:
 
     blas.py         row-major GEMM with accumulation on strided views (OpenBLAS via ctypes)
     buffers.py      the cache the kernels' large outputs come from, reused across steps
     conv.py         valid convolution, forward (bias + ReLU epilogue) and backward (ReLU mask fused)
+    dispatch.py     which path computes each convolution: the measured thresholds, in one object
     direct.py       the direct 3x3 convolution: register-blocked micro-kernels in LLVM IR (from conv.py)
-    winograd.py     the 3x3 convolution by Winograd's F(2x2, 3x3), for many channels (from conv.py)
+    winograd.py     the 3x3 convolution by Winograd's F(2x2, 3x3), all three directions (from conv.py)
+    winograd4.py    Winograd's F(4x4, 3x3): the forward and the input gradient from 64 channels
     vector_width.py 512-bit vectors for the kernels that ask for them
     upconv.py       stride-2 transposed convolution: GEMM + col2im, backward im2col + GEMMs
     pool.py         2x2 max pooling with uint8 argmax
@@ -39,14 +40,12 @@ from .pool import max_pool2d_backward, max_pool2d_forward
 from .upconv import conv_transpose2d_backward, conv_transpose2d_forward
 
 # Numba's threading layer: OpenMP, with short spinning, unless the user chose a layer.
-# Each parallel kernel is one parallel region, and a training step runs about 300 of them. The
-# "workqueue" layer's threads sleep between regions and took 130-175 us to start each one on this
-# 2-core VM (the cores sat idle for 200 ms of a width-16 step's 2 x 340 ms; 65 ms on OpenMP;
-# docs/performance.md); GNU OpenMP's threads spin for a while after a region and start the next
-# one in 2 us. Spinning
-# long (libgomp's default, milliseconds) fought the BLAS worker threads of the GEMM path for the
-# cores, so the spin is cut to SPIN_COUNT iterations of libgomp's wait loop (~0.1 ms here), which
-# still covers the Python between two kernels. libgomp reads GOMP_SPINCOUNT when it loads, so the
+# Each parallel kernel is one parallel region, and a training step runs about 300 of them: the
+# "workqueue" layer's threads sleep between regions and are slow to wake, GNU OpenMP's spin for a
+# while and start the next region at once (docs/performance.md has the figures). Spinning long
+# (libgomp's default) fought the BLAS worker threads of the GEMM path for the cores, so the spin
+# is cut to SPIN_COUNT iterations of libgomp's wait loop, which still covers the Python between
+# two kernels. libgomp reads GOMP_SPINCOUNT when it loads, so the
 # threads are started here, with the variable set only meanwhile (other OpenMP runtimes in the
 # process, PyTorch's for one, keep their own settings; but if something loaded the system's
 # libgomp first, as `import torch` does, it keeps its default spin). Without OpenMP, workqueue.

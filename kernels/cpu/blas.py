@@ -7,9 +7,8 @@ Fortran ``sgemm``/``dgemm`` through ctypes, passing each view's pointer and lead
 
 Which BLAS: our own copy of OpenBLAS from the ``scipy-openblas32`` wheel (the build NumPy and
 SciPy ship, kept by their maintainers; a dependency), loaded separately from the copy inside
-SciPy, so we can make it single-threaded for the whole process without touching NumPy's. Its
-0.3.34 sgemm is 3-16% faster than the 0.3.30 bundled with SciPy 1.17 on our GEMM shapes
-(docs/performance.md). Without that wheel, SciPy's own sgemm (``scipy.linalg.cython_blas``, a
+SciPy, so we can make it single-threaded for the whole process without touching NumPy's (and
+its sgemm is the newer, faster one on our shapes: docs/performance.md). Without that wheel, SciPy's own sgemm (``scipy.linalg.cython_blas``, a
 public API) is used, made single-threaded per worker thread.
 
 Row-major ``C = op(A) op(B)`` is column-major ``C^T = op(B)^T op(A)^T``: the same memory,

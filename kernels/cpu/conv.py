@@ -9,7 +9,7 @@ valid convolution reads ``x[c, (r+i)*W + (col+j)]``, i.e. flat position ``p + i*
 
 over a shifted window of the input, with no im2col copy. Junk columns are dropped in the
 epilogue, which also adds the bias and applies ReLU. The positions are processed in blocks of
-whole rows (``BLOCK_BYTES``), shared among one worker thread per core (``blas.parallel_for``).
+whole rows (``Dispatch.gemm_block_bytes``), shared among one worker thread per core (``blas.parallel_for``).
 
 Backward uses the same windows: the weight gradient of tap (i, j) is ``gy_wide @ x_window^T``
 and the input gradient is ``w[:, :, i, j]^T @ gy_wide`` accumulated into the shifted window of
@@ -27,27 +27,21 @@ Many channels on large images: Winograd's F(2x2, 3x3) (``winograd.py``) does the
 convolution with 16 GEMMs over 4x fewer positions, 2.25x fewer multiplications; it beats the
 other paths from 64 channels and ~700 output tiles up once the layer is big enough.
 
-Which path runs is chosen per direction (``_path``) by the thresholds in ``DIRECT_MAX``,
-``DIRECT_MAX_WORK``, ``DIRECT_MAX_PIXELS`` and ``winograd.applies`` (measured crossovers, see
-docs/performance.md).
+Which path runs is chosen per direction (``_path``) by the thresholds of ``dispatch.current()``
+(measured crossovers, see docs/performance.md).
 """
 import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv2d_output_hw
-from . import buffers, direct, winograd
+from . import buffers, direct, winograd, winograd4
 from .blas import WORKERS, gemm, parallel_for
-
-# Bytes of one block's operands (the C x block input window and the K x block accumulator).
-# Fewer channels -> longer blocks -> fewer, larger GEMMs. 2 MB (this machine's L2) made the bottom
-# layers' GEMMs too short (240 positions for 1024 channels at 30x30); 8 MB made those 1.1-1.4x
-# faster and moved the other GEMM-path layers by less than +-5% (docs/performance.md).
-BLOCK_BYTES = 1 << 23
+from .dispatch import current
 
 
 def _rows_per_block(height, width, channels, itemsize):
-    """Whole rows per block: ``channels`` rows of a block fill BLOCK_BYTES, and every worker gets one."""
-    return max(1, min(BLOCK_BYTES // (itemsize * channels * width), -(-height // WORKERS)))
+    """Whole rows per block: ``channels`` rows of a block fill the GEMM block bytes, and every worker gets one."""
+    return max(1, min(current().gemm_block_bytes // (itemsize * channels * width), -(-height // WORKERS)))
 
 
 @njit(cache=True, nogil=True)
@@ -64,57 +58,47 @@ def _epilogue(acc, bias, relu, y, r0, width):
                 y[k, r0 + r, col] = v
 
 
-# When the direct 3x3 kernels run (kernels/cpu/direct.py): measured crossovers on 2 cores
-# against OpenBLAS and Winograd, both network widths (docs/performance.md). Tests set these to
-# force a path.
-# - Forward and input gradient (the register-blocked kernel, 250-340 GFLOP/s): for C * K up to
-#   DIRECT_MAX, unless Winograd applies and the layer is big: more than DIRECT_MAX_WORK for C x K x
-#   (2x2 output tiles), a count of its work (Winograd 1.4-1.7x faster on 64->64 @390, 128->128
-#   @198, 128->256 @140, at 1.5e8; direct 1.1-1.3x faster from 64->64 @138, 2e7, down), and at any C * K on images of at most
-#   DIRECT_MAX_PIXELS outputs where Winograd does not apply (forward: 1024->1024 @28 1.6x
-#   faster than the nine GEMMs, whose blocks are too short there, 512->1024 @30 1.1x slower). On
-#   those images the input gradient is direct up to DIRECT_MAX_SMALL_INPUT_GRAD channels (with
-#   the weight gradient on the GEMMs, the backward of 256->256 @28 7.9 against 9.2 ms, 128->256
-#   @30 4.5 against 5.2, 256->512 @30 15.7 against 18.2; 512->512 @28 43.8 against 38.3, and
-#   1024->1024 @28 1.25x slower). Elsewhere the input gradient stays with the GEMMs
-#   when the weight gradient takes them, on images above DIRECT_MAX_PIXELS: the direct kernel's
-#   padded gy would be a second pass over gy, which cost what the faster kernel saved (64->32
-#   @200, before its weight gradient went direct: 19.2 against 18.7 ms for the backward).
-# - Weight gradient (a reduction, 170-240 GFLOP/s): for C * K up to DIRECT_MAX (64->32 @200:
-#   13.4 against 17.6 ms for the backward on the GEMMs; 32->128 @200 alone 15.0 against 22.3),
-#   including 64->64 below DIRECT_MAX_WORK, where it ties with Winograd alone (6.8 against 7.0 ms
-#   at @138) and wins in the step, whose Winograd blocks split unevenly there; it loses from 128
-#   channels on, where each (k, c) pair's share of a small image is too short.
-DIRECT_MAX = {"forward": 128 * 256, "weight_grad": 64 * 64, "input_grad": 128 * 256}
-DIRECT_MAX_WORK = 3 * 10 ** 7
-DIRECT_MAX_PIXELS = {"forward": 32 * 32, "weight_grad": 0, "input_grad": 32 * 32}
-DIRECT_MAX_SMALL_INPUT_GRAD = 256 * 512
-# A backward without input gradient (the first layer) from at most this many input channels
-# reads gy and the ReLU mask directly (``direct.masked_weight_grad``) instead of padding gy first.
-FEW_INPUTS_NO_GX = 4
-
-
 def _path(direction, c, k, kh, kw, ho, wo):
     """Which kernel computes ``direction`` ("forward", "weight_grad", "input_grad") of a
-    convolution with C inputs, K outputs and an Ho x Wo output: "direct", "winograd" or "gemm".
+    convolution with C inputs, K outputs and an Ho x Wo output: "direct", "winograd",
+    "winograd4" (F(4x4, 3x3), forward and input gradient) or "gemm".
 
-    Few channels, or few pixels: direct. Many channels on large images: Winograd. Otherwise
-    nine GEMMs (and always for kernels other than 3x3).
+    Few channels, or few pixels: direct. Many channels: Winograd (the forward from 64 channels,
+    the gradients on large images only). Otherwise nine GEMMs (and always for kernels other than
+    3x3). The thresholds: ``dispatch.current()``.
     """
     if kh != 3 or kw != 3:
         return "gemm"
-    few_channels = c * k <= DIRECT_MAX[direction]
+    d = current()
+    if direction == "forward" and min(c, k) >= d.winograd_min_channels:
+        if d.winograd4 and -(-ho // 4) * -(-wo // 4) >= d.winograd4_min_tiles:
+            return "winograd4"
+        if c * k >= d.winograd_small_image_min_filter:
+            return "winograd"
+    if direction == "input_grad" and d.winograd4_input_grad and d.winograd4 and min(c, k) >= d.winograd_min_channels \
+            and -(-(ho + 2) // 4) * -(-(wo + 2) // 4) >= d.winograd4_min_tiles \
+            and _path("weight_grad", c, k, kh, kw, ho, wo) != "gemm":
+        return "winograd4"     # on the padded gy that the weight gradient's path reads anyway
+    few_channels = c * k <= d.direct_max[direction]
     wino = winograd.applies(direction, c, k, ho, wo)
-    if wino and not (few_channels and c * k * -(-ho // 2) * -(-wo // 2) <= DIRECT_MAX_WORK):
-        return "winograd"
-    small = ho * wo <= DIRECT_MAX_PIXELS[direction]
+    if wino and not (few_channels and c * k * -(-ho // 2) * -(-wo // 2) <= d.direct_max_work):
+        return _winograd_path(direction, c, k, ho, wo)
+    small = ho * wo <= d.direct_max_pixels[direction]
     if direction == "input_grad":
-        small = small and c * k <= DIRECT_MAX_SMALL_INPUT_GRAD
+        small = small and c * k <= d.direct_max_small_input_grad
     if direction == "input_grad" and not small and _path("weight_grad", c, k, kh, kw, ho, wo) == "gemm":
         return "gemm"      # the weight gradient's GEMMs read gy widened: padding it too would cost a pass
     if few_channels or small:
         return "direct"
-    return "winograd" if wino else "gemm"
+    return _winograd_path(direction, c, k, ho, wo) if wino else "gemm"
+
+
+def _winograd_path(direction, c, k, ho, wo):
+    """F(4x4, 3x3) for the forward and the input gradient where it is on, else F(2x2, 3x3)."""
+    return "winograd4" if direction != "weight_grad" and current().winograd4 else "winograd"
+
+
+_WINOGRAD = {"winograd": winograd, "winograd4": winograd4}
 
 
 def conv2d_forward(x, w, b, relu=False):
@@ -128,8 +112,8 @@ def conv2d_forward(x, w, b, relu=False):
     x = np.ascontiguousarray(x)
     bias = np.zeros(k, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     path = _path("forward", c, k, kh, kw, ho, wo)
-    if path == "winograd":
-        return winograd.conv3x3_forward(x, np.ascontiguousarray(w), bias, relu)
+    if path in _WINOGRAD:
+        return _WINOGRAD[path].conv3x3_forward(x, np.ascontiguousarray(w), bias, relu)
     y = buffers.empty((n, k, ho, wo), x.dtype)
     if path == "direct":
         direct.conv3x3(x, np.ascontiguousarray(w, dtype=x.dtype), bias, relu, y)
@@ -160,8 +144,8 @@ def _place_grad(gy, y, use_mask, out, top, left, gb):
 
     With top = left = 0 and out at row width W this is gy "widened" for the GEMMs (junk columns
     zero); with top, left = kh - 1, kw - 1 it is gy zero-padded for the direct input gradient.
-    "reassoc" lets LLVM sum gb in vector lanes: summed in order, the float64 additions were one
-    dependency chain, and this pass 1.4-2.8x slower (16 channels @568: 2.5 against 1.75 ms).
+    "reassoc" lets LLVM sum gb in vector lanes: summed in order, the float64 additions are one
+    dependency chain, which made this pass up to 2.8x slower.
     """
     n, k_out, ho, wo = gy.shape
     for k in prange(k_out):
@@ -185,7 +169,7 @@ def _place_grad(gy, y, use_mask, out, top, left, gb):
 def _flip_transpose(w, out):
     """out[c, k] = w[k, c] rotated by 180 degrees: the weights of the input gradient's correlation.
 
-    (NumPy's copy of the reversed, transposed view took 0.1 ms per big layer, 2 ms a step.)
+    (A parallel kernel: NumPy's copy of the reversed, transposed view runs on one core.)
     """
     k_out, c_in, kh, kw = w.shape
     for c in prange(c_in):
@@ -207,7 +191,7 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy, dtype=dtype)
     y = None if y is None else np.ascontiguousarray(y)
-    if not need_gx and kh == kw == 3 and c <= FEW_INPUTS_NO_GX:
+    if not need_gx and kh == kw == 3 and c <= current().few_inputs_no_gx:
         gw, gb = direct.masked_weight_grad(x, gy, y)
         return None, gw, gb
     mask = y if y is not None else gy
@@ -219,7 +203,7 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     if "gemm" in paths:
         gy_wide = buffers.empty((n, k, ho * wd), dtype)
         _place_grad(gy, mask, y is not None, gy_wide.reshape(n, k, ho, wd), 0, 0, gb)
-    if "direct" in paths or "winograd" in paths:
+    if "direct" in paths or "winograd" in paths or "winograd4" in paths:
         # Padded by kh-1, kw-1 on every side (Ho+4 x Wo+4 for 3x3), the form the direct and
         # Winograd kernels read.
         gy_pad = buffers.empty((n, k, ho + 2 * (kh - 1), wo + 2 * (kw - 1)), dtype)
@@ -233,12 +217,12 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     else:
         gw = _gemm_weight_grad(x, w, gy_wide)
     gx = None
-    if gx_path in ("direct", "winograd"):
+    if gx_path in ("direct", "winograd", "winograd4"):
         # gx is the valid correlation of the padded gy with the flipped, transposed weights.
         w_flip = np.empty((c, k, kh, kw), dtype)
         _flip_transpose(w, w_flip)
-        if gx_path == "winograd":
-            gx = winograd.conv3x3_forward(gy_pad, w_flip, np.zeros(c, dtype), False)
+        if gx_path in _WINOGRAD:
+            gx = _WINOGRAD[gx_path].conv3x3_forward(gy_pad, w_flip, np.zeros(c, dtype), False)
         else:
             gx = buffers.empty_like(x)
             direct.conv3x3(gy_pad, w_flip, np.zeros(c, dtype), False, gx)

@@ -15,14 +15,13 @@ transposed weights) has two implementations:
   results, a few columns), and so does the last row pair with Ho odd: no scalar tail code.
   With K not a multiple of 8 the last channels take micro-kernels of 4, 2 and 1 channels.
 - ``_rows``, plain Numba loops vectorised by LLVM over the columns, for outputs narrower than
-  one vector or a single row (and the form the tiled kernel replaced: 160-220 GFLOP/s where the
-  tiled kernel reaches 200-340 on the network's layers; docs/performance.md).
+  one vector or a single row (the form the tiled kernel replaced; docs/performance.md compares
+  them).
 
 The weight gradient (``weight_grad``) is a reduction over positions, also an IR micro-kernel
 (``_emit_weight_tile``): for two output channels and one input channel, the 18 sums are vector
 accumulators in registers while two gy rows at a time sweep the columns against the four input
-rows they share, moved to float64 every FLUSH_PRODUCTS products per lane (170-240 GFLOP/s; the
-Numba loops it replaced, 100-200, with two modes from run to run). The first layer, which
+rows they share, moved to float64 every ``Dispatch.flush_products`` products per lane. The first layer, which
 needs no input gradient and has one input channel, takes ``masked_weight_grad`` instead: plain
 Numba loops that read gy and the ReLU mask directly, with no padded copy of gy written first.
 
@@ -37,6 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .dispatch import current
 from .vector_width import host_has_avx512, wide_vectors
 
 # Bytes per vector of the tiled kernel: its micro-kernel holds 16 of them as accumulators, which
@@ -49,8 +49,7 @@ TILE_ROWS = 2
 # Input rows ahead that the micro-kernel prefetches into L2: the two rows the next row pair of a
 # task adds. Each tile reads C channels x 4 rows at once, far more streams than the hardware
 # prefetcher follows, so without this the new rows come from memory at the next task, with the
-# FMAs waiting (in a step, the inputs were last touched long before). A width-16 training step:
-# 297 -> 265-280 ms (prefetching 4 rows: no better; into L1 or L3 instead: within noise).
+# FMAs waiting (in a step, the inputs were last touched long before).
 PREFETCH_ROWS = 2
 
 
@@ -186,8 +185,8 @@ def _tile_channels(x, w, bias, y, img, k0, k1, r, col, relu, prefetch):
 
 # Input channels up to which a task sweeps the columns once per block of 8 output channels
 # instead of all output channels once per column vector: with so few inputs a tile is mostly its
-# 16 output stores, and sweeping rows keeps each output row's cache lines together (1->64 @572:
-# 2.7 against 25.5 ms; from 16 channels on the input window's reuse across blocks wins, 1.0-1.1x).
+# 16 output stores, and sweeping rows keeps each output row's cache lines together; from 16
+# channels on the input window's reuse across blocks wins.
 FEW_INPUTS = 8
 
 
@@ -234,7 +233,7 @@ def weight_grad(x, gy_pad):
     k, ho, wo = gy_pad.shape[1], gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
     rows = _weight_grad_rows(c, width, x.itemsize)
     lanes = VECTOR_BYTES // x.itemsize
-    pairs_per_flush = max(1, FLUSH_PRODUCTS // (2 * -(-wo // lanes)))
+    pairs_per_flush = max(1, current().flush_products // (2 * -(-wo // lanes)))
     partial = np.empty((n * -(-ho // rows), k, c, 9), dtype=np.float64)
     _weight_grad_blocks(x, gy_pad, rows, pairs_per_flush, partial)
     gw = np.empty((k, c, 3, 3), x.dtype)
@@ -261,8 +260,8 @@ def _taps_2x2(o0, o1, p0, p1, u, v, x0, x1, x2, x3):
 
     o0, o1 += u, v (*) rows x0..x2 (output row r); p0, p1 += u, v (*) rows x1..x3 (row r + 1).
     u, v are the 3x3 weights of the two channels. The four outputs share the twelve input loads
-    per column: register blocking that took the kernel from ~165 to ~190 GFLOP/s on 2 cores
-    (two channels of one row: 9 loads for 18 multiply-adds; this: 12 for 36). LLVM vectorises
+    per column: register blocking (two channels of one row: 9 loads for 18 multiply-adds; this:
+    12 for 36). LLVM vectorises
     across the independent columns; "contract" lets it use FMA instructions (no reassociation:
     the sum's order is as written). Inlined into ``_rows`` (which must carry the same flag:
     an inlined body takes its caller's flags).
@@ -319,10 +318,6 @@ def _rows(x, w, bias, relu, y):
                             out[col] = 0
 
 
-# Bytes of the input rows one weight-gradient task reads (C x rows x W): they stay in L2.
-WEIGHT_GRAD_BLOCK_BYTES = 1 << 19
-
-
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _masked_weight_grad(x, gy, mask, use_mask, gw, gb):
     """gw[k, c, i, j] = sum of g[k] * x[c] shifted by (i, j), gb[k] = sum of g[k], where g = gy
@@ -370,9 +365,8 @@ def masked_weight_grad(x, gy, y=None):
     """(gw, gb) of a valid 3x3 convolution with few input channels, straight from gy (masked by
     y > 0 when y is given): the first layer's backward, which needs no input gradient.
 
-    The general kernels read gy zero-padded and masked, which costs a pass writing it: at the
-    first layer (1 -> 16 channels @572) that pass took 3.6 ms of a width-16 step and the weight
-    gradient after it 1.3; this kernel takes 1.5 ms alone, the pass included.
+    The general kernels read gy zero-padded and masked, which costs a pass writing it, longer at
+    the first layer than its weight gradient itself.
     """
     k, c = gy.shape[1], x.shape[1]
     gw = np.empty((k, c, 3, 3), x.dtype)
@@ -381,17 +375,9 @@ def masked_weight_grad(x, gy, y=None):
     return gw, gb
 
 
-# Products each float32 vector lane sums before its total moves to float64 (precision: the
-# float32 part of a sum stays a short one, as in a BLAS dot product's blocks). Rows of more than
-# FLUSH_PRODUCTS / 2 vectors flush after every row pair. 256 against 64: the network's weight
-# gradients 3-12% faster, the error 1e-7 -> 2.6e-7 of max |gw| (16->16 @300; the float32 result's
-# own rounding is 6e-8, the tests' tolerance 2e-5).
-FLUSH_PRODUCTS = 256
-
-
 def _weight_grad_rows(c, width, itemsize):
-    """Output rows per weight-gradient task: its input rows fill WEIGHT_GRAD_BLOCK_BYTES."""
-    return max(1, WEIGHT_GRAD_BLOCK_BYTES // (itemsize * c * width))
+    """Output rows per weight-gradient task: its input rows fill ``Dispatch.weight_grad_block_bytes``."""
+    return max(1, current().weight_grad_block_bytes // (itemsize * c * width))
 
 
 def _emit_weight_tile(channels, context, builder, sig, args):

@@ -2,8 +2,7 @@
 
 The scalars are cast to the parameter's dtype so that float32 updates stay in float32 vector
 lanes. Parameters smaller than PARALLEL_MIN elements (biases, the first and last layers) are
-updated by a serial loop: starting the thread pool costs more than their update (a width-16
-network's 44 updates took 7.0 ms in parallel, 2.2 ms this way).
+updated by a serial loop: starting the thread pool costs more than their update.
 """
 import math
 

@@ -33,56 +33,48 @@ from numba import njit, prange
 
 from . import buffers
 from .blas import WORKERS, gemm, parallel_for
-
-# Tiles per block: enough that each of the 16 GEMMs has a long dimension worth BLAS's packing
-# (at least BLOCK_TILES[0], rounded up to whole tile rows), otherwise as many as keep a worker's
-# V and M (16 x (C + K) x tiles) within SCRATCH_BYTES. So with many channels the scratch exceeds
-# it (1024 + 512 channels at 54 x 54: 270 tiles, 26 MB), and the weight gradient adds each
-# worker's 16 x K x C sum (16 MB at 512 x 512); those layers have small activations, so the
-# step's peak memory, set by the top layers, does not move (docs/performance.md).
-BLOCK_TILES = (256, 2048)
-SCRATCH_BYTES = 1 << 24
-
-# When the Winograd path runs (3x3 only), per direction: at least MIN_CHANNELS in and out and
-# at least MIN_TILES[direction] output tiles per image; the weight gradient also needs C * K at
-# most MAX_FILTER_PER_TILE per tile (each worker re-reads and re-writes its 16 x K x C sum once per
-# block, which does not pay with few tiles and big filters). Measured crossovers against the
-# direct and nine-GEMM paths on 2 cores, both network widths (docs/performance.md): it loses with
-# fewer than 64 channels (short GEMMs, transforms dominate) and on the 28-32-pixel bottom layers.
-# Tests set these to force a path.
-MIN_CHANNELS = 64
-MIN_TILES = {"forward": 700, "input_grad": 700, "weight_grad": 500}
-MAX_FILTER_PER_TILE = 512
+from .dispatch import current
 
 
 def applies(direction, c, k, ho, wo):
     """Whether ``direction`` ("forward", "input_grad", "weight_grad") of a 3x3 convolution with C
     inputs, K outputs and an Ho x Wo output takes this path."""
+    d = current()
     tiles = -(-ho // 2) * -(-wo // 2)
-    if min(c, k) < MIN_CHANNELS or tiles < MIN_TILES[direction]:
+    if min(c, k) < d.winograd_min_channels or tiles < d.winograd_min_tiles[direction]:
         return False
-    return direction != "weight_grad" or c * k <= MAX_FILTER_PER_TILE * tiles
+    return direction != "weight_grad" or c * k <= d.winograd_max_filter_per_tile * tiles
 
 
-@njit(cache=True, nogil=True)
-def _filter_transform(w, u):
-    """u[xi, k, c] = (G w[k, c] G^T) at the 4x4 position xi, computed in float64."""
+# G of F(2x2, 3x3): the filter transform U = G g G^T.
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def filter_transform(w, g, u):
+    """u[p i + j, k, c] = (G w[k, c] G^T)[i, j] for G = g (p x 3), computed in float64.
+
+    In parallel over k, each k's weights first gathered with c innermost so that every loop
+    runs over contiguous c (vectorised): the big layers' transform is not negligible.
+    """
     k_out, c_in = w.shape[:2]
-    t = np.empty((4, 3))
-    for k in range(k_out):
+    p = g.shape[0]
+    for k in prange(k_out):
+        wk = np.empty((3, 3, c_in))
+        t = np.empty((p, 3, c_in))
         for c in range(c_in):
-            g = w[k, c]
-            for j in range(3):
-                g0, g1, g2 = np.float64(g[0, j]), np.float64(g[1, j]), np.float64(g[2, j])
-                t[0, j] = g0
-                t[1, j] = 0.5 * (g0 + g1 + g2)
-                t[2, j] = 0.5 * (g0 - g1 + g2)
-                t[3, j] = g2
-            for i in range(4):
-                u[4 * i, k, c] = t[i, 0]
-                u[4 * i + 1, k, c] = 0.5 * (t[i, 0] + t[i, 1] + t[i, 2])
-                u[4 * i + 2, k, c] = 0.5 * (t[i, 0] - t[i, 1] + t[i, 2])
-                u[4 * i + 3, k, c] = t[i, 2]
+            for a in range(3):
+                for b in range(3):
+                    wk[a, b, c] = w[k, c, a, b]
+        for i in range(p):
+            for b in range(3):
+                for c in range(c_in):
+                    t[i, b, c] = g[i, 0] * wk[0, b, c] + g[i, 1] * wk[1, b, c] + g[i, 2] * wk[2, b, c]
+        for i in range(p):
+            for j in range(p):
+                out = u[p * i + j, k]
+                for c in range(c_in):
+                    out[c] = t[i, 0, c] * g[j, 0] + t[i, 1, c] * g[j, 1] + t[i, 2, c] * g[j, 2]
 
 
 @njit(cache=True, nogil=True)
@@ -179,18 +171,20 @@ def _grad_transform(gy_pad, tr0, tr1, tiles_x, g):
                     g3[t0 + tx] = -q
 
 
-def _tiling(n, ho, wo, channels, itemsize):
-    """(tiles_x, tiles_y, rows, blocks) for an Ho x Wo output of n images: tiles per row and column,
-    tile rows per block (BLOCK_TILES[0]..BLOCK_TILES[1] tiles within SCRATCH_BYTES; every worker
-    gets one), and the blocks as (image, first tile row).
+def block_tiling(n, ho, wo, channels, itemsize, tile=2):
+    """(tiles_x, tiles_y, rows, blocks) for an Ho x Wo output of n images in tile x tile output
+    tiles: tiles per row and column, tile rows per block (``Dispatch.winograd_block_tiles`` within
+    ``winograd_scratch_bytes`` of transformed tiles; every worker gets one), and the blocks as
+    (image, first tile row).
 
     An image's blocks come in a multiple of the workers, of near-equal height, so that the
     workers' shares match: 69 tile rows in blocks of 30 (30 + 39 rows per worker with two)
     left a core idle for a quarter of the weight gradient of 64->64 @138.
     """
-    tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
-    tiles = SCRATCH_BYTES // (16 * channels * itemsize)
-    tiles = min(BLOCK_TILES[1], max(BLOCK_TILES[0], tiles))
+    block_tiles, scratch_bytes = current().winograd_block_tiles, current().winograd_scratch_bytes
+    tiles_y, tiles_x = -(-ho // tile), -(-wo // tile)
+    tiles = scratch_bytes // ((tile + 2) ** 2 * channels * itemsize)
+    tiles = min(block_tiles[1], max(block_tiles[0], tiles))
     rows = max(1, min(-(-tiles // tiles_x), -(-tiles_y // WORKERS)))
     blocks = -(-tiles_y // rows)
     rows = -(-tiles_y // (-(-blocks // WORKERS) * WORKERS))
@@ -202,9 +196,9 @@ def conv3x3_forward(x, w, bias, relu):
     n, c, h, wd = x.shape
     k = w.shape[0]
     ho, wo = h - 2, wd - 2
-    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
+    tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize)
     u = np.empty((16, k, c), x.dtype)
-    _filter_transform(np.ascontiguousarray(w, dtype=x.dtype), u)
+    filter_transform(np.ascontiguousarray(w, dtype=x.dtype), G, u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
 
     def blocks(part):                      # one worker: its (image, first tile row) blocks
@@ -232,7 +226,7 @@ def _g_t(a0, a1, a2, a3):
 def _filter_grad_transform(partials, gw):
     """gw[k, c] = G^T m G, m (4x4) = the sum over workers of partials[:, xi, k, c], in float64.
 
-    In parallel over k: on one core this took 0.5 ms of a 256->128 weight gradient.
+    In parallel over k: on one core it is a visible part of the small layers' weight gradient.
     """
     k_out, c_in = gw.shape[:2]
     for k in prange(k_out):
@@ -252,7 +246,7 @@ def conv3x3_weight_grad(x, gy_pad):
     n, c, h, wd = x.shape
     k = gy_pad.shape[1]
     ho, wo = gy_pad.shape[2] - 4, gy_pad.shape[3] - 4
-    tiles_x, tiles_y, rows, items = _tiling(n, ho, wo, c + k, x.itemsize)
+    tiles_x, tiles_y, rows, items = block_tiling(n, ho, wo, c + k, x.itemsize)
 
     def blocks(part):                      # one worker: its blocks, summed into its own dW^
         v = buffers.empty((16, c, rows * tiles_x), x.dtype)

@@ -13,6 +13,15 @@ from minunet.kernels import BackendUnavailable, get_backend
 DEVICES = ("auto", "cpu", "cuda", "reference")
 
 
+def _no_gpu_driver():
+    """True when this machine has no NVIDIA driver at all: no need to import the CUDA stack (over
+    2 s of a CPU-only ``minunet predict``'s start-up) to learn that ``auto`` means the CPU."""
+    import ctypes.util
+    import os
+    driver = os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+    return not driver and ctypes.util.find_library("cuda") is None
+
+
 def cuda_status():
     """(usable, description): whether CUDA kernels can run here, and the GPU or what is missing."""
     try:
@@ -28,6 +37,8 @@ def resolve_device(device, option="--device"):
         return device
     if device not in DEVICES:
         raise UserError(f"{option} {device}: unknown device; use {', '.join(DEVICES)}")
+    if device == "auto" and _no_gpu_driver():
+        return "cpu"
     usable, what = cuda_status()
     if device == "auto":
         return "cuda" if usable and "simulator" not in what.lower() else "cpu"

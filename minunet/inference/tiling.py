@@ -163,29 +163,46 @@ def predict_valid(model, context, tile, shape, batch=4, report=None):
         context: (C, H', W') float32. tile: a valid input tile size. shape: (H, W) of the output.
         batch: tiles per forward pass. report: called with the number of tiles after each batch.
     """
+    return np.ascontiguousarray(_predict_contexts(model, [context], tile, shape, batch, report)[0])
+
+
+def _predict_contexts(model, contexts, tile, shape, batch, report):
+    """(N, K, H, W) probabilities of N same-sized images with their contexts (see predict_valid),
+    ``batch`` tiles per forward pass across the images: a stack of slices of one tile each still
+    fills every batch."""
     h, w = shape
     out, stride = model.geometry(tile).output_size, tile_stride(model, tile)
     check_stride(model, tile, h, w)
     rows, cols = tile_starts(h, stride, out), tile_starts(w, stride, out)
     need = (context_size(h, tile, stride, out), context_size(w, tile, stride, out))
-    if context.shape[1] < need[0] or context.shape[2] < need[1]:
-        raise ValueError(f"context {context.shape[1:]} is smaller than the {need} the tiles read")
-    corners = [(y, x) for y in rows for x in cols]
+    for context in contexts:
+        if context.shape[1] < need[0] or context.shape[2] < need[1]:
+            raise ValueError(f"context {context.shape[1:]} is smaller than the {need} the tiles read")
+    corners = [(i, y, x) for i in range(len(contexts)) for y in rows for x in cols]
     backend = get_backend(model.device)
-    probs = np.empty((model.classes, rows[-1] + out, cols[-1] + out), dtype=np.float32)
+    probs = np.empty((len(contexts), model.classes, rows[-1] + out, cols[-1] + out), dtype=np.float32)
     with no_grad(), _Eval(model):
         for start in range(0, len(corners), batch):
             chunk = corners[start:start + batch]
-            tiles = np.stack([context[:, y:y + tile, x:x + tile] for y, x in chunk])
+            tiles = np.stack([contexts[i][:, y:y + tile, x:x + tile] for i, y, x in chunk])
             scores = model(Tensor(backend.asarray(tiles), device=model.device))
             if isinstance(scores, tuple):             # deep supervision: (logits, auxiliary scores)
                 scores = scores[0]
             p = F.softmax(scores).numpy()
-            for (y, x), tile_probs in zip(chunk, p):  # overlaps (stride < out) hold equal values
-                probs[:, y:y + out, x:x + out] = tile_probs
+            for (i, y, x), tile_probs in zip(chunk, p):  # overlaps (stride < out) hold equal values
+                probs[i, :, y:y + out, x:x + out] = tile_probs
             if report is not None:
                 report(len(chunk))
-    return np.ascontiguousarray(probs[:, :h, :w])
+    return probs[:, :, :h, :w]
+
+
+def _with_context(model, image, tile, pad):
+    """The image (C, H, W) extended by the context its tiles read (mirrored or zeros)."""
+    geo = model.geometry(tile)
+    _, h, w = image.shape
+    stride, out = tile_stride(model, tile), geo.output_size
+    after = (context_size(h, tile, stride, out) - h - geo.margin, context_size(w, tile, stride, out) - w - geo.margin)
+    return extend(image, geo.margin, after, pad)
 
 
 def _symmetries():
@@ -221,7 +238,7 @@ def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, pro
     _, h, w = image.shape
     if tile is None:
         tile = fit_tile(model, choose_tile(model, batch=batch), h, w)
-    geo = model.geometry(tile)
+    model.geometry(tile)
     check_stride(model, tile, h, w)
     total = count_tiles(model, tile, h, w, tta) if total is None else total
     count = [done]
@@ -234,11 +251,7 @@ def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, pro
     probs = None
     for forward, inverse in (_symmetries() if tta else [(None, None)]):
         view = image if forward is None else np.ascontiguousarray(forward(image))
-        vh, vw = view.shape[1:]
-        stride, out = tile_stride(model, tile), geo.output_size
-        after = (context_size(vh, tile, stride, out) - vh - geo.margin,
-                 context_size(vw, tile, stride, out) - vw - geo.margin)
-        p = predict_valid(model, extend(view, geo.margin, after, pad), tile, (vh, vw), batch, report)
+        p = predict_valid(model, _with_context(model, view, tile, pad), tile, view.shape[1:], batch, report)
         p = p if inverse is None else inverse(p)
         probs = p if probs is None else probs + p
     if tta:
@@ -262,7 +275,24 @@ def predict_stack(model, stack, tile=None, pad="mirror", batch=4, tta=False, pro
         tile = fit_tile(model, choose_tile(model, batch=batch), h, w)
     per_slice = count_tiles(model, tile, h, w, tta)
     result = np.empty((n, model.classes, h, w), dtype=np.float32)
-    for i in range(n):
-        result[i] = predict_image(model, stack[i], tile, pad, batch, tta, progress,
-                                  done=i * per_slice, total=n * per_slice)
+    if tta:
+        for i in range(n):
+            result[i] = predict_image(model, stack[i], tile, pad, batch, tta, progress,
+                                      done=i * per_slice, total=n * per_slice)
+        return result
+    model.geometry(tile)
+    check_stride(model, tile, h, w)
+    count = [0]
+
+    def report(k):
+        count[0] += k
+        if progress is not None:
+            progress(count[0], n * per_slice)
+
+    # Slices in groups that fill whole batches (4 slices of one tile each for batch 4): fuller
+    # forward passes, and only a group's contexts in memory at a time.
+    group = max(1, -(-batch // per_slice))
+    for i0 in range(0, n, group):
+        contexts = [_with_context(model, as_chw(s, model.in_channels), tile, pad) for s in stack[i0:i0 + group]]
+        result[i0:i0 + group] = _predict_contexts(model, contexts, tile, (h, w), batch, report)
     return result
