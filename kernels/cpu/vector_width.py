@@ -77,14 +77,13 @@ ENABLED = _probe()
 
 
 def host_has_avx512():
-    """Whether Numba compiles for a CPU with AVX-512 (``NUMBA_CPU_FEATURES`` if set, else the host's)."""
+    """Whether Numba compiles with AVX-512: its feature list (``NUMBA_CPU_FEATURES`` if set, else
+    the host's, whatever ``NUMBA_CPU_NAME`` says, as Numba's own codegen decides)."""
     import numba
     from llvmlite import binding
 
-    if numba.config.CPU_FEATURES:
+    if numba.config.CPU_FEATURES is not None:
         return "+avx512f" in numba.config.CPU_FEATURES.split(",")
-    if numba.config.CPU_NAME:                          # a named target (e.g. "generic") without features
-        return False
     try:
         return bool(binding.get_host_cpu_features().get("avx512f", False))
     except RuntimeError:                               # pragma: no cover - features unknown on this host
