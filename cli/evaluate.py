@@ -56,14 +56,14 @@ def parse_metrics(text):
     return tuple(n for n in METRICS if n in names)
 
 
-def _truth_spec(truth):
+def resolve_truth_spec(truth):
     """An HDF5 truth file without a dataset means its ``/labels`` (written by ``minunet data convert``)."""
     if re.search(r"\.(h5|hdf5|hdf)$", truth, re.IGNORECASE) and Path(truth).is_file():
         return truth + ":/labels"
     return truth
 
 
-def _read(spec, role):
+def read_stack_checked(spec, role):
     """Read a stack with minunet.data.imageio, as (N, H, W); a missing file is a one-line UserError."""
     path = re.sub(r"\.(h5|hdf5|hdf):/.*$", r".\1", spec, flags=re.IGNORECASE)
     if not any(ch in path for ch in "*?[") and not Path(path).exists():
@@ -232,9 +232,9 @@ def evaluate(pred, truth, slices, metrics, mismatch_theta, split_radius, pred_ki
 
     chosen = parse_metrics(metrics)
     indices = parse_slices(slices) if slices else None
-    truth_spec = _truth_spec(truth)
-    pred_stack = _read(pred, "PRED")
-    truth_stack = _read(truth_spec, "TRUTH")
+    truth_spec = resolve_truth_spec(truth)
+    pred_stack = read_stack_checked(pred, "PRED")
+    truth_stack = read_stack_checked(truth_spec, "TRUTH")
     pred_stack, truth_stack, applied = select_slices(pred_stack, truth_stack, indices,
                                                      f"PRED {pred}", f"TRUTH {truth_spec}")
     start = time.perf_counter()

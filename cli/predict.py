@@ -151,11 +151,18 @@ class _Progress:
 @click.option("--pad", type=click.Choice(["mirror", "zero"]), default=None,
               help="Context beyond the image border: mirror (the paper) or zero (the dental network). "
                    "Default: what the model was trained with, else mirror.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: average over the 8 flips/rotations (8x slower).")
+@click.option("--tta", type=click.Choice(["1", "4", "8"]), default="1", flag_value="8", is_flag=False,
+              show_default=True, metavar="1|4|8",
+              help="Test-time averaging: the mean of the prediction of 4 (the rotations) or 8 "
+                   "(rotations and flips) versions of each slice, costing 4x or 8x the time "
+                   "(--tta alone: 8). Measured effect on ISBI: docs/results.md.")
 @click.option("--output-format", type=click.Choice(FORMATS), default=None,
               help="foreground: float32 probability of class 1 (ISBI submission format); "
                    "labels: uint8 argmax class map; probs: float32 probabilities of every class. "
                    "Default: foreground for a 2-class model, labels for more classes.")
+@click.option("--segment", is_flag=True,
+              help="Write objects instead of probabilities: a 16-bit label image per slice, as "
+                   "`minunet segment` with its defaults makes from the probabilities (2-class models).")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--scheduler", default="local", show_default=True, metavar="local|ADDRESS",
               help="Zarr (block-wise) prediction: local threads, or a dask.distributed scheduler address "
@@ -163,7 +170,7 @@ class _Progress:
 @click.option("--block", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
 @click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
-def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, force,
+def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, segment, force,
             scheduler, block, resume):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
@@ -180,7 +187,7 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     \b
     Examples:
       minunet predict --model runs/isbi/best.h5 ../shared/data/isbi2012/test -o test-probs.tif
-      minunet predict -m runs/isbi/best.h5 "slices/*.png" -o seg.h5 --output-format labels --tta
+      minunet predict -m runs/isbi/best.h5 "slices/*.png" -o seg.h5 --output-format labels --tta 8
       minunet predict -m runs/dental/best.h5 xray.png -o xray-probs.h5:/probs --output-format probs
       minunet predict -m runs/isbi/best.h5 volume.zarr -o probs.zarr --block 2048 --scheduler tcp://host:8786
 
@@ -191,6 +198,10 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     from minunet.inference import blockwise, tiling
     from minunet.model.checkpoint import load_checkpoint, load_model
 
+    tta = int(tta)
+    if segment and (output_format or blockwise.wants_blockwise(input_spec, output)):
+        raise UserError("--segment: writes a label image of its own; drop --output-format "
+                        "(and use a .tif or .h5 OUTPUT)")
     if blockwise.wants_blockwise(input_spec, output):
         checkpoint = load_checkpoint(model_path)
         _predict_blockwise(input_spec, model_path, output, resolve_device(device), tile, batch,
@@ -209,6 +220,8 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
         except UserError as err:
             raise UserError(f"--tile: {err}") from None
     pad = pad or _trained_pad(checkpoint)
+    if segment and model.classes != 2:
+        raise UserError(f"--segment: needs a 2-class (cell/membrane) model; {model_path} has {model.classes} classes")
     output_format = output_format or _default_format(model.classes)
     stack = read_input(input_spec, model.in_channels)
     n, h, w = stack.shape
@@ -226,10 +239,13 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
         progress.close()
     single = n == 1
     array = format_output(probs, output_format, single)
+    if segment:
+        from minunet.inference.segmentation import segment_stack
+        array, output_format = segment_stack(array), "segments"
     meta = dict(model=str(model_path), input=str(input_spec), tile=tile, pad=pad, tta=tta)
     write_output(path, dataset, array, output_format, meta)
     click.echo(f"wrote {path}{dataset or ''}: {output_format} {array.dtype} {'x'.join(map(str, array.shape))} "
-               f"(tile {tile}, pad {pad}{', tta' if tta else ''}, device {device})", err=True)
+               f"(tile {tile}, pad {pad}{f', tta {tta}' if tta > 1 else ''}, device {device})", err=True)
 
 
 def _trained_pad(checkpoint):
@@ -246,7 +262,7 @@ def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad,
                        scheduler, block, resume):
     """Block-wise prediction of a Zarr/HDF5 volume into a Zarr store (minunet.inference.blockwise)."""
     from minunet.inference import blockwise
-    if tta:
+    if tta > 1:
         raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
     bar = click.progressbar(length=1, label="predicting blocks", file=sys.stderr, show_pos=True) \
         if sys.stderr.isatty() else None
