@@ -116,9 +116,9 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
     result = run(args.pred, parse_slices(args.slices), args.repeat, args.workers)
-    print(format_summary(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    print(format_summary(result))
     return 0
 
 

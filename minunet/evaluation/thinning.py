@@ -12,6 +12,8 @@ pseudo-code. A slice with no cell pixel floods into one segment.
 import numba
 import numpy as np
 
+from minunet.evaluation.topology import label_components
+
 MASK, WSHED, INIT, INQUEUE = -2, 0, -1, -3        # Vincent-Soille's pixel states
 WEST_NORTH_EAST_SOUTH = ((0, -1), (-1, 0), (0, 1), (1, 0))
 DY = np.array([d[0] for d in WEST_NORTH_EAST_SOUTH], np.int64)
@@ -19,21 +21,14 @@ DX = np.array([d[1] for d in WEST_NORTH_EAST_SOUTH], np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
-def _flood_minima(lab, level, y0, x0, label, queue):
-    """Give `label` to the MASK pixels of `level` connected to (y0, x0) (a new minimum)."""
-    h, w = lab.shape
-    lab[y0, x0] = label
-    queue[0] = y0 * w + x0
-    head, tail = 0, 1
-    while head < tail:
-        y, x = queue[head] // w, queue[head] % w
-        head += 1
-        for k in range(4):
-            v, u = y + DY[k], x + DX[k]
-            if 0 <= v < h and 0 <= u < w and lab[v, u] == MASK and level[v, u]:
-                lab[v, u] = label
-                queue[tail] = v * w + u
-                tail += 1
+def _new_minima(lab, level, label):
+    """Number the MASK pixels of `level` by 4-connected component (new minima) after `label`."""
+    components, count = label_components((lab == MASK) & level, False)
+    for y in range(lab.shape[0]):
+        for x in range(lab.shape[1]):
+            if components[y, x]:
+                lab[y, x] = label + components[y, x]
+    return label + count
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,28 +36,20 @@ def _watershed_binary(membrane, segments):
     """Vincent-Soille watershed of a binary image: labels (1..) of basins, 0 on watershed lines.
 
     membrane: (H, W) bool, the high level. Cells (the low level) are flooded first: each 4-connected
-    component is a basin, numbered in column-major order of its first pixel; unless `segments`
-    (H, W) int64 holds ids > 0, in which case cell pixels take those ids as given. Then the
-    membrane is flooded from the basins.
+    component is a basin (their numbering changes no segment); unless `segments` (H, W) int64
+    holds ids > 0, in which case cell pixels take those ids as given. Then the membrane is flooded
+    from the basins.
     """
     h, w = membrane.shape
     lab = np.full((h, w), INIT, np.int64)
     queue = np.empty(h * w, np.int64)
     low = ~membrane
     given = segments.size > 0
-    label = 0
     for x in range(w):                            # the low level: cells
         for y in range(h):
             if low[y, x]:
                 lab[y, x] = segments[y, x] if given else MASK
-    if given:
-        label = segments.max()
-    else:
-        for x in range(w):
-            for y in range(h):
-                if lab[y, x] == MASK:
-                    label += 1
-                    _flood_minima(lab, low, y, x, label, queue)
+    label = segments.max() if given else _new_minima(lab, low, 0)
     head, tail = 0, 0                             # the high level: membrane
     for x in range(w):
         for y in range(h):
@@ -97,11 +84,7 @@ def _watershed_binary(membrane, segments):
                 lab[v, u] = INQUEUE
                 queue[tail] = v * w + u
                 tail += 1
-    for x in range(w):                            # membrane no flood reached: new minima
-        for y in range(h):
-            if lab[y, x] == MASK:
-                label += 1
-                _flood_minima(lab, membrane, y, x, label, queue)
+    _new_minima(lab, membrane, label)             # membrane no flood reached (no cell at all)
     for y in range(h):
         for x in range(w):
             if lab[y, x] < 0:
