@@ -82,8 +82,8 @@ def tune(probs, truth, base, progress=None):
               help="Choose the parameters first: score a grid of them on annotated slices (TRUTH, "
                    "as for `minunet evaluate`, with --slices) and segment with the best.")
 @click.option("--slices", metavar="LIST",
-              help="With --tune: the slices of PROBS and TRUTH to tune on (e.g. 0-23); never the "
-                   "slices you report scores on.")
+              help="With --tune: the slices to tune on (e.g. 0-23), of both stacks or of the longer "
+                   "one, as `minunet evaluate --slices`; never the slices you report scores on.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def segment(probs_spec, output, threshold, sigma, h, min_size, merge, tune_spec, slices, force):
     """Turn PROBS, cell probabilities from `minunet predict`, into objects: one label image per slice.
@@ -101,7 +101,7 @@ def segment(probs_spec, output, threshold, sigma, h, min_size, merge, tune_spec,
       minunet segment probs.tif -o labels.tif
       minunet segment probs.tif --tune isbi.h5 --slices 0-23 -o labels.tif
     """
-    from minunet.cli.evaluate import parse_slices, read_stack_checked, resolve_truth_spec
+    from minunet.cli.evaluate import parse_slices, read_stack_checked, resolve_truth_spec, select_slices
     from minunet.cli.predict import check_not_input, check_output, parse_output, write_output
     from minunet.inference.segmentation import SegmentParams, segment_stack
 
@@ -113,14 +113,12 @@ def segment(probs_spec, output, threshold, sigma, h, min_size, merge, tune_spec,
     check_not_input(path, probs_spec)
     probs = read_probabilities(probs_spec)
     if tune_spec:
-        truth = read_stack_checked(resolve_truth_spec(tune_spec), "TRUTH")
-        indices = parse_slices(slices) if slices else list(range(len(probs)))
-        if len(truth) != len(probs) or max(indices) >= len(probs):
-            raise UserError(f"--tune {tune_spec}: PROBS has {len(probs)} slices and TRUTH {len(truth)}; "
-                            "tune on a TRUTH with the same slices, choosing them with --slices")
-        click.echo(f"tuning on {len(indices)} slice(s) of {tune_spec}: V_Rand, V_Info per parameter set",
-                   err=True)
-        params, _ = tune(probs[indices], truth[indices], params,
+        spec = resolve_truth_spec(tune_spec)
+        truth = read_stack_checked(spec, "TRUTH")
+        tune_probs, truth, _ = select_slices(probs, truth, parse_slices(slices) if slices else None,
+                                             f"PROBS {probs_spec}", f"TRUTH {spec}")
+        click.echo(f"tuning on {len(truth)} slice(s) of {spec}: V_Rand, V_Info per parameter set", err=True)
+        params, _ = tune(tune_probs, truth, params,
                          progress=lambda p, r, i: click.echo(f"  {p.describe()}: {r:.5f} {i:.5f}", err=True))
         click.echo(f"chosen: {params.describe()}", err=True)
     bar = click.progressbar(length=len(probs), label="segmenting slices", file=sys.stderr) \
