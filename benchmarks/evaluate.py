@@ -11,7 +11,7 @@ has cores (``--workers`` to change). Target: all metrics in <= 10 s on 2 cores.
 
 Truth: ISBI 2012 training labels of ``--slices`` (``MINUNET_ISBI_DIR``, else
 ``../shared/data/isbi2012``), or synthetic 512x512 labels without the data. Prediction: ``--pred``
-(a probability stack of those slices, e.g. from ``minunet predict``), else the labels blurred
+(a probability stack of those slices or of all 30, e.g. from ``minunet predict``), else the labels blurred
 (Gaussian, sigma 2) with noise (sigma 0.1), a stand-in with a network's soft membranes.
 The scores are printed with the times, so runs on different machines can be checked equal.
 """
@@ -57,6 +57,8 @@ def load_case(pred=None, slices=range(24, 30), seed=0):
         probs = np.asarray(read_stack(pred), np.float32)
         if probs.ndim == 2:
             probs = probs[None]
+        if len(probs) != len(labels) and len(probs) > max(slices):
+            probs = probs[list(slices)]                # a prediction of the whole stack
         return probs, labels, source + f", prediction {pred}"
     rng = np.random.default_rng(seed)
     probs = np.stack([ndimage.gaussian_filter((s > 0).astype(np.float32), 2) for s in labels])

@@ -28,84 +28,79 @@ STATS = ("mismatches", "split_pixels", "merge_pixels", "splits", "merges")
 
 
 @numba.njit(cache=True, nogil=True)
-def _heap_push(heap, size, key):
-    i = size
-    heap[i] = key
-    while i > 0 and heap[(i - 1) // 2] > heap[i]:
-        parent = (i - 1) // 2
-        heap[i], heap[parent] = heap[parent], heap[i]
-        i = parent
-    return size + 1
+def _visit_order(truth, prob, theta):
+    """Pixel indices (y * W + x) of the mismatches of truth and prob > theta in Fiji's visiting
+    order: |prob - theta| rounded to float32, descending; ties in column-major order.
 
-
-@numba.njit(cache=True, nogil=True)
-def _heap_pop(heap, size):
-    top = heap[0]
-    size -= 1
-    heap[0] = heap[size]
-    i = 0
-    while True:
-        small, left, right = i, 2 * i + 1, 2 * i + 2
-        if left < size and heap[left] < heap[small]:
-            small = left
-        if right < size and heap[right] < heap[small]:
-            small = right
-        if small == i:
-            return top, size
-        heap[i], heap[small] = heap[small], heap[i]
-        i = small
+    One sort of 64-bit keys: the float's bits (monotonic for non-negative floats) inverted, then
+    the column-major index.
+    """
+    h, w = truth.shape
+    gaps = np.empty(h * w, np.float32)
+    column_major = np.empty(h * w, np.int64)
+    m = 0
+    for y in range(h):
+        for x in range(w):
+            if truth[y, x] != (prob[y, x] > theta):
+                gaps[m] = abs(np.float64(prob[y, x]) - theta)
+                column_major[m] = x * h + y
+                m += 1
+    bits = gaps[:m].view(np.uint32)
+    keys = np.empty(m, np.uint64)
+    for k in range(m):
+        keys[k] = ((np.uint64(0xFFFFFFFF) - np.uint64(bits[k])) << np.uint64(32)) | np.uint64(column_major[k])
+    keys = np.sort(keys)
+    order = np.empty(m, np.int64)
+    for r in range(m):
+        column_major = np.int64(keys[r] & np.uint64(0xFFFFFFFF))
+        order[r] = (column_major % h) * w + column_major // h
+    return order
 
 
 @numba.njit(cache=True, nogil=True)
 def _warp(truth, prob, theta, simple):
     """Fiji's simple-point warping of one binary truth slice towards prob > theta.
 
-    Returns (warped uint8 image, pixel indices of the remaining mismatches). Instead of rescanning
-    every mismatch each pass, a mismatch is re-examined only when a neighbour flipped since its
-    last examination (its simplicity cannot change otherwise), at the turn Fiji's pass would reach
-    it: key = pass * m + rank, popped in increasing order.
+    Returns (warped uint8 image, pixel indices of the remaining mismatches). Each pass visits the
+    mismatches in :func:`_visit_order` and flips the simple ones, as Fiji's loop; but a mismatch is
+    re-examined only when a neighbour flipped since its last examination (its simplicity cannot
+    change otherwise): in the same pass if the flip came before its turn, else in the next.
     """
     h, w = truth.shape
     img = truth.copy()
-    pixel = np.empty(h * w, np.int64)
-    key = np.empty(h * w, np.float32)
-    m = 0
-    for x in range(w):                            # column-major, as Fiji lists them
-        for y in range(h):
-            if img[y, x] != (prob[y, x] > theta):
-                pixel[m] = y * w + x
-                key[m] = -np.float32(abs(np.float64(prob[y, x]) - theta))
-                m += 1
-    if m == 0:
-        return img, pixel[:0]
-    order = np.argsort(key[:m], kind="mergesort")     # stable: ties stay column-major
-    pixel = pixel[:m][order]
+    pixel = _visit_order(truth, prob, theta)
+    m = pixel.size
     rank = np.full(h * w, -1, np.int64)
     for r in range(m):
         rank[pixel[r]] = r
-    heap = np.empty(9 * m, np.int64)
-    heap[:m] = np.arange(m)                       # sorted, hence a valid heap: pass 0
-    size = m
     alive = np.ones(m, np.bool_)
-    last = np.full(m, -1, np.int64)
-    while size > 0:
-        k, size = _heap_pop(heap, size)
-        r = k % m
-        if not alive[r] or last[r] == k:
-            continue
-        last[r] = k
-        y, x = pixel[r] // w, pixel[r] % w
-        if not simple[neighbourhood_code(img, y, x)]:
-            continue
-        img[y, x] = 1 - img[y, x]
-        alive[r] = False
-        now = k // m
-        for j in range(8):
-            v, u = y + DY[j], x + DX[j]
-            if 0 <= v < h and 0 <= u < w:
-                rn = rank[v * w + u]
-                if rn >= 0 and alive[rn]:
-                    size = _heap_push(heap, size, (now if rn > r else now + 1) * m + rn)
+    now = np.ones(m, np.bool_)                    # to examine in this pass
+    later = np.zeros(m, np.bool_)                 # to examine in the next pass
+    lo, hi = 0, m - 1
+    while lo <= hi:
+        next_lo, next_hi = m, -1
+        r = lo
+        while r <= hi:
+            if now[r]:
+                now[r] = False
+                y, x = pixel[r] // w, pixel[r] % w
+                if simple[neighbourhood_code(img, y, x)]:
+                    img[y, x] = 1 - img[y, x]
+                    alive[r] = False
+                    for j in range(8):
+                        v, u = y + DY[j], x + DX[j]
+                        if 0 <= v < h and 0 <= u < w:
+                            rn = rank[v * w + u]
+                            if rn >= 0 and alive[rn]:
+                                if rn > r:
+                                    now[rn] = True
+                                    hi = max(hi, rn)
+                                else:
+                                    later[rn] = True
+                                    next_lo, next_hi = min(next_lo, rn), max(next_hi, rn)
+            r += 1
+        now, later = later, now
+        lo, hi = next_lo, next_hi
     return img, pixel[alive]
 
 
