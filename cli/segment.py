@@ -13,9 +13,9 @@ import numpy as np
 
 from minunet.errors import UserError
 
-# The parameter sets --tune scores: seeds and watershed first, then size filter and merge.
-TUNE_SEEDS = dict(threshold=(0.3, 0.5, 0.7), sigma=(1.0, 2.0, 3.0), h=(0.5, 1.0, 2.0))
-TUNE_CLEANUP = dict(min_size=(0, 25, 100), merge=(0.0, 0.3, 0.4, 0.5, 0.6))
+# The parameter sets --tune scores: seeds first, then size filter and merge.
+TUNE_SEEDS = dict(threshold=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7), distance=(0.0, 1.0, 2.0, 3.0))
+TUNE_CLEANUP = dict(min_size=(0, 25, 100, 200), merge=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7))
 
 
 def read_probabilities(spec):
@@ -42,7 +42,7 @@ def score(labels, truth):
 def tune(probs, truth, base, progress=None):
     """The parameters, starting from `base`, that maximise (V_Rand + V_Info) / 2 on these slices.
 
-    Two stages over the grids above: seeds (threshold, sigma, h) without size filter and merge,
+    Two stages over the grids above: seeds (threshold, distance) without size filter and merge,
     then size filter and merge with the best seeds. Returns (best params, [(params, v_rand, v_info)]).
     """
     from minunet.inference.segmentation import segment_stack
@@ -69,10 +69,9 @@ def tune(probs, truth, base, progress=None):
               help="Label image: .tif/.tiff, or .h5 (optionally .h5:/dataset).")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="P(cell) above which a pixel is cell when placing the seeds.")
-@click.option("--sigma", type=float, default=2.0, show_default=True,
-              help="Smoothing (pixels) of the distance to the membrane before finding its peaks.")
-@click.option("--h", "h", type=float, default=1.0, show_default=True,
-              help="A seed needs a distance peak at least this high (pixels); higher: fewer seeds.")
+@click.option("--distance", type=float, default=1.0, show_default=True,
+              help="Seeds are the cells' cores, the pixels farther than this (pixels) from the "
+                   "membrane; a larger distance separates cells joined through wider gaps.")
 @click.option("--min-size", type=int, default=25, show_default=True,
               help="Objects smaller than this (pixels) are dissolved into their neighbours.")
 @click.option("--merge", type=float, default=0.5, show_default=True,
@@ -85,13 +84,12 @@ def tune(probs, truth, base, progress=None):
               help="With --tune: the slices to tune on (e.g. 0-23), of both stacks or of the longer "
                    "one, as `minunet evaluate --slices`; never the slices you report scores on.")
 @click.option("--force", "--overwrite", "force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def segment(probs_spec, output, threshold, sigma, h, min_size, merge, tune_spec, slices, force):
+def segment(probs_spec, output, threshold, distance, min_size, merge, tune_spec, slices, force):
     """Turn PROBS, cell probabilities from `minunet predict`, into objects: one label image per slice.
 
-    Each cell grows from a seed far from any membrane (a peak of the distance to the
-    thresholded membrane) by a watershed of the membrane probability, so a small gap in a
-    membrane does not merge two cells; tiny objects are dissolved and neighbours split by a
-    weak boundary are joined. Every pixel gets an object id (1..n per slice), written as
+    Each cell grows from a seed, its core away from the thresholded membrane, by a watershed
+    of the membrane probability, so a narrow gap in a membrane does not merge two cells; tiny
+    objects are dissolved and neighbours split by a weak boundary are joined. Every pixel gets an object id (1..n per slice), written as
     16-bit integers (32 if needed). Score the result with `minunet evaluate labels.tif TRUTH`.
     The defaults were chosen on the ISBI 2012 training slices 0-23 (docs/results.md).
 
@@ -105,7 +103,7 @@ def segment(probs_spec, output, threshold, sigma, h, min_size, merge, tune_spec,
     from minunet.cli.predict import check_not_input, check_output, parse_output, write_output
     from minunet.inference.segmentation import SegmentParams, segment_stack
 
-    params = SegmentParams(threshold, sigma, h, min_size, merge).check()
+    params = SegmentParams(threshold, distance, min_size, merge).check()
     if slices and not tune_spec:
         raise UserError("--slices: only used with --tune; drop it or add --tune TRUTH")
     path, dataset = parse_output(output)

@@ -30,8 +30,8 @@ def soft(truth, sigma=1.0):
 def test_a_gap_in_a_membrane_merges_thresholded_cells_but_not_objects():
     truth = grid_cells()
     prob = soft(truth)
-    prob[16:18, 22:26] = 1.0                              # a gap in the wall between two cells
-    labels = S.segment_slice(prob, S.SegmentParams(merge=0.0))
+    prob[16:18, 23:25] = 1.0                              # a gap in the wall between two cells
+    labels = S.segment_slice(prob, S.SegmentParams(distance=1.5, merge=0.0))
     assert labels.min() >= 1 and labels.shape == truth.shape   # a partition: every pixel an object
     thresholded = evaluate_stack(prob, truth, metrics=("vrand",))
     objects = evaluate_stack(labels.astype(np.uint16), truth, metrics=("vrand",))
@@ -41,14 +41,13 @@ def test_a_gap_in_a_membrane_merges_thresholded_cells_but_not_objects():
 
 def test_small_objects_are_dissolved():
     truth = grid_cells()
-    truth[40:43, 40:43] = 0                               # a membrane speck: a 1-pixel "cell" inside
-    truth[41, 41] = 1
+    truth[2:7, 40] = truth[6, 34:41] = 0                  # walls off a 4x6 cell in a corner
     prob = soft(truth, 0.5)
-    params = S.SegmentParams(h=0.0, sigma=0.0, merge=0.0)
+    params = S.SegmentParams(distance=0.0, merge=0.0)
     with_specks = S.segment_slice(prob, replace(params, min_size=0))
-    without = S.segment_slice(prob, replace(params, min_size=10))
-    assert np.bincount(with_specks.ravel())[1:].min() < 10
-    assert np.bincount(without.ravel())[1:].min() >= 10
+    without = S.segment_slice(prob, replace(params, min_size=60))
+    assert np.bincount(with_specks.ravel())[1:].min() < 60
+    assert np.bincount(without.ravel())[1:].min() >= 60
 
 
 def test_weak_boundaries_merge_strong_ones_stay():
@@ -96,7 +95,7 @@ def probs_file(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     truth = np.stack([grid_cells(), grid_cells(step=32)])
     probs = np.stack([soft(t) for t in truth])
-    probs[0, 16:18, 22:26] = 1.0
+    probs[0, 16:18, 23:25] = 1.0
     tifffile.imwrite(tmp_path / "probs.tif", probs, photometric="minisblack")
     tifffile.imwrite(tmp_path / "truth.tif", truth, photometric="minisblack")
     return tmp_path, truth
@@ -117,13 +116,13 @@ def test_segment_command_writes_labels_that_evaluate_scores(probs_file, capsys):
 
 def test_segment_tune_picks_from_the_grid(probs_file, capsys, monkeypatch):
     from minunet.cli import segment as cli_segment
-    monkeypatch.setattr(cli_segment, "TUNE_SEEDS", dict(h=(0.5, 30.0)))
+    monkeypatch.setattr(cli_segment, "TUNE_SEEDS", dict(distance=(1.0, 30.0)))
     monkeypatch.setattr(cli_segment, "TUNE_CLEANUP", dict(merge=(0.0, 0.99)))
     tmp, _ = probs_file
     code, out, err = run(["segment", str(tmp / "probs.tif"), "--tune", str(tmp / "truth.tif"), "--slices", "0",
                           "-o", str(tmp / "tuned.tif")], capsys)
     assert code == 0, err
-    assert "chosen: --threshold 0.5 --sigma 2 --h 0.5 --min-size 0 --merge 0" in err   # 30 and 0.99: one object
+    assert "chosen: --threshold 0.5 --distance 1 --min-size 0 --merge 0" in err   # 30 and 0.99: one object
     assert err.count(": 1.00000 1.00000") >= 1
 
 

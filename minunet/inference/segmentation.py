@@ -2,12 +2,14 @@
 
 The network predicts, per pixel, the probability of cell (1) against membrane (0); biologists want
 the cells as objects. Thresholding that map leaves every small gap in a membrane as a merge of two
-cells. Here each cell grows from a seed placed far from any membrane, so a gap does not join two
-seeds:
+cells. Here each cell grows from a seed, its core away from the membrane, so a narrow gap does not
+join two seeds:
 
-1. **seeds**: the pixels with P(cell) > ``threshold`` are the cells; their distance to the nearest
-   membrane pixel (a Euclidean distance transform), smoothed by a Gaussian of ``sigma``, peaks once
-   per cell; each regional maximum at least ``h`` pixels high (an h-maximum) is one seed;
+1. **seeds**: the pixels with P(cell) > ``threshold`` are the cells, with their holes filled (a
+   region of membrane enclosed by one cell is an organelle, not a boundary); the pixels more than
+   ``distance`` pixels away from the nearest membrane pixel (a Euclidean distance transform) form
+   the cores, and each 4-connected core is one seed, so a bridge through a gap narrower than
+   2 ``distance`` pixels separates two seeds;
 2. **watershed**: the seeds flood the membrane probability 1 - P(cell) (scikit-image's
    ``watershed``) until they meet on its ridges, so every pixel belongs to one object;
 3. **size filter**: objects smaller than ``min_size`` pixels are dissolved and flooded by their
@@ -31,8 +33,7 @@ class SegmentParams:
     """Parameters of :func:`segment_slice` (see the module docstring)."""
 
     threshold: float = 0.5    # P(cell) above which a pixel counts as cell for the seeds
-    sigma: float = 2.0        # smoothing of the distance transform (pixels); 0: none
-    h: float = 1.0            # minimum height of a seed's distance peak (pixels)
+    distance: float = 1.0     # seeds: cells farther than this from the membrane (pixels)
     min_size: int = 25        # smaller objects are dissolved into their neighbours (pixels)
     merge: float = 0.5        # join neighbours whose boundary's mean membrane probability is lower; 0: never
 
@@ -40,7 +41,7 @@ class SegmentParams:
         """UserError naming the option of an out-of-range parameter."""
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"--threshold {self.threshold:g}: must lie in [0, 1)")
-        for name in ("sigma", "h", "min_size"):
+        for name in ("distance", "min_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name):g}: must be >= 0")
         if not 0.0 <= self.merge <= 1.0:
@@ -53,13 +54,11 @@ class SegmentParams:
 
 
 def seeds(prob, params):
-    """Seed labels (int32, 0 = none): h-maxima of the smoothed distance to the membrane."""
-    from skimage.morphology import h_maxima
-    dist = ndimage.distance_transform_edt(prob > params.threshold)
-    if params.sigma > 0:
-        dist = ndimage.gaussian_filter(dist, params.sigma)
-    peaks = h_maxima(dist, params.h) if params.h > 0 else (dist == ndimage.maximum_filter(dist, 3)) & (dist > 0)
-    return ndimage.label(peaks, structure=np.ones((3, 3)), output=np.int32)[0]
+    """Seed labels (int32, 0 = none): the 4-connected cores of the hole-filled cells, the pixels
+    more than ``params.distance`` from the membrane."""
+    cells = ndimage.binary_fill_holes(prob > params.threshold)
+    cores = ndimage.distance_transform_edt(cells) > params.distance
+    return ndimage.label(cores, output=np.int32)[0]
 
 
 def _flood(boundary, markers):
