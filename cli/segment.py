@@ -14,8 +14,8 @@ import numpy as np
 from minunet.errors import UserError
 
 # The parameter sets --tune scores: seeds first, then size filter and merge.
-TUNE_SEEDS = dict(threshold=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7), distance=(0.0, 1.0, 2.0, 3.0))
-TUNE_CLEANUP = dict(min_size=(0, 25, 100, 200), merge=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7))
+TUNE_SEEDS = dict(threshold=(0.3, 0.4, 0.5, 0.6, 0.7), distance=(0.0, 1.0, 2.0))
+TUNE_CLEANUP = dict(min_size=(0, 50, 100, 200, 400), merge=(0.0, 0.3, 0.5, 0.7))
 
 
 def read_probabilities(spec):

@@ -50,16 +50,22 @@ def test_small_objects_are_dissolved():
     assert np.bincount(without.ravel())[1:].min() >= 60
 
 
+def merge(labels, boundary, threshold):
+    graph = S.RegionGraph(labels, boundary)
+    S.merge_weak(graph, threshold)
+    return graph.result()
+
+
 def test_weak_boundaries_merge_strong_ones_stay():
     labels = np.zeros((10, 12), np.int64)
     labels[:, :4], labels[:, 4:8], labels[:, 8:] = 1, 2, 3
     boundary = np.zeros((10, 12), np.float32)
     boundary[:, 3:5] = 0.2                                # weak between 1 and 2
     boundary[:, 7:9] = 0.9                                # strong between 2 and 3
-    merged = S.merge_weak(labels, boundary, 0.5)
+    merged = merge(labels, boundary, 0.5)
     assert len(np.unique(merged[:, :8])) == 1 and merged[0, 0] != merged[0, 11]
-    assert len(np.unique(S.merge_weak(labels, boundary, 0.95))) == 1
-    assert len(np.unique(S.merge_weak(labels, boundary, 0.1))) == 3
+    assert len(np.unique(merge(labels, boundary, 0.95))) == 1
+    assert len(np.unique(merge(labels, boundary, 0.1))) == 3
 
 
 def test_merging_pools_the_boundaries_of_joined_objects():
@@ -67,9 +73,19 @@ def test_merging_pools_the_boundaries_of_joined_objects():
     labels = np.repeat(np.array([[1, 1, 2, 2, 3, 3]]), 4, axis=0)
     boundary = np.zeros(labels.shape, np.float32)
     boundary[:, 3:5] = 0.4                                # the 2-3 boundary: mean 0.4
-    merged = S.merge_weak(labels, boundary, 0.45)
+    merged = merge(labels, boundary, 0.45)
     assert len(np.unique(merged)) == 1
     assert S.boundary_strengths(labels, boundary)[(2, 3)] == [pytest.approx(0.8 * 4), 8]
+
+
+def test_small_objects_join_their_weakest_neighbour():
+    labels = np.repeat(np.array([[1, 1, 1, 2, 3, 3, 3]]), 3, axis=0)
+    boundary = np.zeros(labels.shape, np.float32)
+    boundary[:, 4:] = 0.9                                 # 2 | 3 strong, 1 | 2 weak
+    graph = S.RegionGraph(labels, boundary)
+    S.dissolve_small(graph, 4)
+    joined = graph.result()
+    assert (joined[:, :4] == joined[0, 0]).all() and joined[0, 6] != joined[0, 0]
 
 
 def test_stack_ids_restart_per_slice_and_fit_16_bits():

@@ -12,8 +12,8 @@ join two seeds:
    2 ``distance`` pixels separates two seeds;
 2. **watershed**: the seeds flood the membrane probability 1 - P(cell) (scikit-image's
    ``watershed``) until they meet on its ridges, so every pixel belongs to one object;
-3. **size filter**: objects smaller than ``min_size`` pixels are dissolved and flooded by their
-   neighbours;
+3. **size filter**: each object smaller than ``min_size`` pixels joins the neighbour it shares its
+   weakest boundary with (the lowest mean membrane probability along it);
 4. **merge** (optional): neighbouring objects whose shared boundary is weak, a mean membrane
    probability under ``merge`` along it, are joined, the weakest boundary first.
 
@@ -63,81 +63,102 @@ def seeds(prob, params):
 
 def _flood(boundary, markers):
     from skimage.segmentation import watershed
-    return watershed(boundary, markers).astype(np.int32)
-
-
-def dissolve_small(labels, boundary, min_size):
-    """Labels without the objects smaller than min_size, their pixels flooded by their neighbours."""
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    if not small[1:].any() or small[1:].all():
-        return labels
-    return _flood(boundary, np.where(small[labels], 0, labels))
+    return watershed(boundary, markers).astype(np.int64)
 
 
 def boundary_strengths(labels, boundary):
     """{(a, b): [sum, count]} over 4-adjacent pixel pairs of objects a < b: the membrane
     probability summed over both pixels of each pair, and the number of pixels summed."""
-    edges = {}
-    for axis in (0, 1):
-        a = labels if axis else labels
-        lo = np.take(a, range(a.shape[axis] - 1), axis=axis)
-        hi = np.take(a, range(1, a.shape[axis]), axis=axis)
-        value = np.take(boundary, range(a.shape[axis] - 1), axis=axis) + \
-            np.take(boundary, range(1, a.shape[axis]), axis=axis)
+    width = int(labels.max()) + 1
+    keys, values = [], []
+    for lo, hi, b_lo, b_hi in ((labels[:-1], labels[1:], boundary[:-1], boundary[1:]),
+                               (labels[:, :-1], labels[:, 1:], boundary[:, :-1], boundary[:, 1:])):
         cut = lo != hi
-        pairs = np.stack([np.minimum(lo[cut], hi[cut]), np.maximum(lo[cut], hi[cut])], axis=1).astype(np.int64)
-        keys = pairs[:, 0] * (int(labels.max()) + 1) + pairs[:, 1]
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        sums = np.bincount(inverse, weights=value[cut])
-        counts = np.bincount(inverse) * 2
-        for key, s, c in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
-            pair = divmod(key, int(labels.max()) + 1)
-            total = edges.setdefault(pair, [0.0, 0])
-            total[0] += s
-            total[1] += c
-    return edges
+        keys.append(np.minimum(lo[cut], hi[cut]) * width + np.maximum(lo[cut], hi[cut]))
+        values.append(b_lo[cut] + b_hi[cut])
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.concatenate(values))
+    counts = np.bincount(inverse) * 2
+    return {divmod(int(k), width): [float(s), int(c)] for k, s, c in zip(uniq, sums, counts)}
 
 
-def merge_weak(labels, boundary, threshold):
-    """Join neighbouring objects while the weakest shared boundary's mean is below `threshold`.
+class RegionGraph:
+    """Objects of a label image, their sizes and the boundaries between neighbours, joined in place.
 
-    Greedy agglomeration: the pair with the lowest mean membrane probability along its boundary is
-    joined first; the joined object's boundaries with its neighbours pool their pixels.
+    Joining b into a pools b's pixels and b's boundaries with its other neighbours into a's, so
+    every boundary's mean membrane probability stays that of all its pixel pairs.
     """
-    edges = boundary_strengths(labels, boundary)
-    neighbours = {}
-    for a, b in edges:
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
-    heap = [(s / c, a, b) for (a, b), (s, c) in edges.items() if s / c < threshold]
-    heapq.heapify(heap)
-    parent = np.arange(int(labels.max()) + 1)
-    while heap:
-        mean, a, b = heapq.heappop(heap)
-        stats = edges.get((a, b))
-        if stats is None or stats[0] / stats[1] != mean:
-            continue                               # stale: merged away or boundary pooled since
-        parent[b] = a                              # b joins a; a's boundaries pool b's
-        del edges[(a, b)]
-        neighbours[a].discard(b)
-        for c in neighbours.pop(b) - {a}:
-            old = edges.pop((min(b, c), max(b, c)))
-            neighbours[c].discard(b)
-            pooled = edges.setdefault((min(a, c), max(a, c)), [0.0, 0])
+
+    def __init__(self, labels, boundary):
+        self.labels = labels
+        self.sizes = np.bincount(labels.ravel()).tolist()
+        self.edges = boundary_strengths(labels, boundary)
+        self.neighbours = {}
+        for a, b in self.edges:
+            self.neighbours.setdefault(a, set()).add(b)
+            self.neighbours.setdefault(b, set()).add(a)
+        self.parent = np.arange(len(self.sizes))
+
+    def mean(self, a, b):
+        """Mean membrane probability along the boundary of a and b."""
+        total, count = self.edges[(min(a, b), max(a, b))]
+        return total / count
+
+    def join(self, a, b):
+        """Object b becomes part of a; returns the neighbours whose boundary with a changed."""
+        self.parent[b] = a
+        self.sizes[a] += self.sizes[b]
+        del self.edges[(min(a, b), max(a, b))]
+        self.neighbours[a].discard(b)
+        changed = self.neighbours.pop(b) - {a}
+        for c in changed:
+            old = self.edges.pop((min(b, c), max(b, c)))
+            self.neighbours[c].discard(b)
+            pooled = self.edges.setdefault((min(a, c), max(a, c)), [0.0, 0])
             pooled[0] += old[0]
             pooled[1] += old[1]
-            neighbours[a].add(c)
-            neighbours[c].add(a)
-            if pooled[0] / pooled[1] < threshold:
-                heapq.heappush(heap, (pooled[0] / pooled[1], min(a, c), max(a, c)))
-    for i in range(len(parent)):                   # flatten the chains of joins
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        parent[i] = root
-    return parent[labels]
+            self.neighbours[a].add(c)
+            self.neighbours[c].add(a)
+        return changed
+
+    def result(self):
+        """The label image with every joined object under its root's id."""
+        parent = self.parent
+        for i in range(len(parent)):
+            root = i
+            while parent[root] != root:
+                root = parent[root]
+            parent[i] = root
+        return parent[self.labels]
+
+
+def dissolve_small(graph, min_size):
+    """Join each object smaller than min_size (smallest first) to the neighbour it shares its
+    weakest boundary with, until none is left (or only one object remains)."""
+    heap = [(size, a) for a, size in enumerate(graph.sizes) if 0 < size < min_size]
+    heapq.heapify(heap)
+    while heap:
+        size, a = heapq.heappop(heap)
+        if graph.parent[a] != a or graph.sizes[a] != size or not graph.neighbours.get(a):
+            continue                               # joined or grown since, or alone
+        into = min(graph.neighbours[a], key=lambda c: graph.mean(a, c))
+        graph.join(into, a)
+        if graph.sizes[into] < min_size:
+            heapq.heappush(heap, (graph.sizes[into], into))
+
+
+def merge_weak(graph, threshold):
+    """Join neighbouring objects while the weakest shared boundary's mean is below `threshold`,
+    the weakest first (greedy agglomeration)."""
+    heap = [(s / c, a, b) for (a, b), (s, c) in graph.edges.items() if s / c < threshold]
+    heapq.heapify(heap)
+    while heap:
+        mean, a, b = heapq.heappop(heap)
+        if (a, b) not in graph.edges or graph.mean(a, b) != mean:
+            continue                               # stale: joined away or boundary pooled since
+        for c in graph.join(a, b):
+            if graph.mean(a, c) < threshold:
+                heapq.heappush(heap, (graph.mean(a, c), min(a, c), max(a, c)))
 
 
 def relabel(labels):
@@ -159,12 +180,12 @@ def segment_slice(prob, params=SegmentParams()):
     markers = seeds(prob, params)
     if markers.max() == 0:                         # no cell anywhere: one object
         return np.ones(prob.shape, np.int64)
-    labels = _flood(boundary, markers)
+    graph = RegionGraph(_flood(boundary, markers), boundary)
     if params.min_size > 1:
-        labels = dissolve_small(labels, boundary, params.min_size)
+        dissolve_small(graph, params.min_size)
     if params.merge > 0:
-        labels = merge_weak(labels, boundary, params.merge)
-    return relabel(labels)
+        merge_weak(graph, params.merge)
+    return relabel(graph.result())
 
 
 def segment_stack(probs, params=SegmentParams(), progress=None):
