@@ -50,11 +50,12 @@ def brute_force_rand(pred_fg, truth_fg):
 
 def fiji_warp_loop(truth, prob, theta):
     """Fiji's simple-point warping as written: full passes over the sorted mismatches until one
-    flips nothing (the slow loop that minunet's event-driven warp must reproduce exactly)."""
+    flips nothing (the slow loop that minunet's event-driven warp must reproduce exactly).
+    Probabilities compare with theta in float64, as in Fiji."""
     img = truth.astype(np.uint8).copy()
     h, w = img.shape
     while True:
-        mismatches = [(x, y) for x in range(w) for y in range(h) if img[y, x] != (prob[y, x] > theta)]
+        mismatches = [(x, y) for x in range(w) for y in range(h) if img[y, x] != (float(prob[y, x]) > theta)]
         mismatches.sort(key=lambda p: -np.float32(abs(float(prob[p[1], p[0]]) - theta)))
         flips = 0
         for x, y in mismatches:
@@ -93,7 +94,7 @@ def test_event_driven_warp_equals_fijis_pass_loop(rng, levels):
             warped, remaining = _warp(truth, prob, theta, topology.SIMPLE)
             expected = fiji_warp_loop(truth, prob, theta)
             np.testing.assert_array_equal(warped, expected)
-            assert sorted(remaining.tolist()) == np.flatnonzero(expected != (prob > theta)).tolist()
+            assert sorted(remaining.tolist()) == np.flatnonzero(expected != M.above(prob, theta)).tolist()
 
 
 @pytest.mark.parametrize("radius", [1, 2, -1])
