@@ -81,7 +81,7 @@ def prediction_kind(pred, kind="auto"):
     if kind != "auto":
         return kind
     dtype = np.asarray(pred).dtype
-    if dtype == bool or (np.issubdtype(dtype, np.integer) and dtype.itemsize == 1):
+    if dtype == np.bool_ or (np.issubdtype(dtype, np.integer) and dtype.itemsize == 1):
         return "classes"
     return "segments" if np.issubdtype(dtype, np.integer) else "probabilities"
 

@@ -9,8 +9,16 @@
   and the training loop's validation).
 """
 from minunet.evaluation.common import EIGHT, FOUR, THRESHOLDS, WARP_THRESHOLDS, above, fiji_thresholds, label4
-from minunet.evaluation.inputs import (as_stack, check_same_shape, pred_classes, pred_probabilities, pred_segments,
-                                       prediction_kind, prepare, truth_classes)
+from minunet.evaluation.inputs import (
+                                       as_stack,
+                                       check_same_shape,
+                                       pred_classes,
+                                       pred_probabilities,
+                                       pred_segments,
+                                       prediction_kind,
+                                       prepare,
+                                       truth_classes,
+)
 from minunet.evaluation.iou import iou_per_class
 from minunet.evaluation.pixel import pixel_error
 from minunet.evaluation.rand import rand_error, truth_segments

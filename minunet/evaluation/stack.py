@@ -10,8 +10,15 @@ import numpy as np
 
 from minunet.errors import UserError
 from minunet.evaluation.common import THRESHOLDS, WARP_THRESHOLDS, theta_label
-from minunet.evaluation.inputs import (as_stack, check_same_shape, pred_classes, pred_probabilities, pred_segments,
-                                       prediction_kind, truth_classes)
+from minunet.evaluation.inputs import (
+    as_stack,
+    check_same_shape,
+    pred_classes,
+    pred_probabilities,
+    pred_segments,
+    prediction_kind,
+    truth_classes,
+)
 from minunet.evaluation.iou import iou_per_class
 from minunet.evaluation.pixel import pixel_fscores
 from minunet.evaluation.rand import rand_result, rand_table, segmentation_rand, truth_segments
