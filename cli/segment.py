@@ -67,14 +67,14 @@ def tune(probs, truth, base, progress=None):
 @click.argument("probs_spec", metavar="PROBS")
 @click.option("--output", "-o", required=True, metavar="OUTPUT",
               help="Label image: .tif/.tiff, or .h5 (optionally .h5:/dataset).")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
+@click.option("--threshold", type=float, default=0.4, show_default=True,
               help="P(cell) above which a pixel is cell when placing the seeds.")
-@click.option("--distance", type=float, default=1.0, show_default=True,
+@click.option("--distance", type=float, default=2.0, show_default=True,
               help="Seeds are the cells' cores, the pixels farther than this (pixels) from the "
                    "membrane; a larger distance separates cells joined through wider gaps.")
-@click.option("--min-size", type=int, default=25, show_default=True,
+@click.option("--min-size", type=int, default=200, show_default=True,
               help="Objects smaller than this (pixels) are dissolved into their neighbours.")
-@click.option("--merge", type=float, default=0.5, show_default=True,
+@click.option("--merge", type=float, default=0.7, show_default=True,
               help="Join neighbours whose shared boundary has a mean membrane probability below "
                    "this (0: never join).")
 @click.option("--tune", "tune_spec", metavar="TRUTH",

@@ -17,7 +17,8 @@ join two seeds:
 4. **merge** (optional): neighbouring objects whose shared boundary is weak, a mean membrane
    probability under ``merge`` along it, are joined, the weakest boundary first.
 
-The defaults were chosen on the ISBI 2012 training slices 0-23 only (docs/results.md).
+The defaults were chosen on the ISBI 2012 training slices 0-23 only, by ``minunet segment --tune``
+with a width-16 network's probabilities (docs/results.md).
 """
 import heapq
 from dataclasses import asdict, dataclass
@@ -32,10 +33,10 @@ from minunet.errors import UserError
 class SegmentParams:
     """Parameters of :func:`segment_slice` (see the module docstring)."""
 
-    threshold: float = 0.5    # P(cell) above which a pixel counts as cell for the seeds
-    distance: float = 1.0     # seeds: cells farther than this from the membrane (pixels)
-    min_size: int = 25        # smaller objects are dissolved into their neighbours (pixels)
-    merge: float = 0.5        # join neighbours whose boundary's mean membrane probability is lower; 0: never
+    threshold: float = 0.4    # P(cell) above which a pixel counts as cell for the seeds
+    distance: float = 2.0     # seeds: cells farther than this from the membrane (pixels)
+    min_size: int = 200       # smaller objects join a neighbour (pixels)
+    merge: float = 0.7        # join neighbours whose boundary's mean membrane probability is lower; 0: never
 
     def check(self):
         """UserError naming the option of an out-of-range parameter."""
