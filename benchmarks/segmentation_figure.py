@@ -42,16 +42,15 @@ def main(argv=None):
     raw, truth = load_slices(args.data, [args.slice])
     prob = read_stack(args.pred)[args.slice]
     objects = read_stack(args.labels)[args.slice].astype(np.int64)
-    panels = [(raw[0], f"input (slice {args.slice})", "gray"), (prob, "P(cell)", "gray"),
-              (colours(thin_membranes(prob > args.threshold)), f"P(cell) > {args.threshold:g}, thinned", None),
-              (colours(objects), "minunet segment", None), (colours(label4(truth[0] > 0)), "truth", None)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.4))
-    for ax, (image, title, cmap) in zip(axes, panels):
-        ax.imshow(image, cmap=cmap, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=80)
+    panels = {f"input (slice {args.slice})": np.stack([raw[0] / 255.0] * 3, axis=-1),
+              "P(cell)": np.stack([prob] * 3, axis=-1),
+              f"P(cell) > {args.threshold:g}, thinned": colours(thin_membranes(prob > args.threshold)),
+              "minunet segment": colours(objects), "truth": colours(label4(truth[0] > 0))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.4), subplot_kw=dict(xticks=[], yticks=[]))
+    for k, title in enumerate(panels):               # every panel RGB: no colour map needed
+        axes[k].imshow(panels[title], interpolation="nearest")
+        axes[k].set_title(title)
+    fig.savefig(args.output, dpi=80, bbox_inches="tight")
     return 0
 
 

@@ -9,16 +9,8 @@ import math
 import numpy as np
 
 from minunet.errors import UserError
+from minunet.evaluation import inputs
 from minunet.evaluation.common import THRESHOLDS, WARP_THRESHOLDS, theta_label
-from minunet.evaluation.inputs import (
-    as_stack,
-    check_same_shape,
-    pred_classes,
-    pred_probabilities,
-    pred_segments,
-    prediction_kind,
-    truth_classes,
-)
 from minunet.evaluation.iou import iou_per_class
 from minunet.evaluation.pixel import pixel_fscores
 from minunet.evaluation.rand import rand_result, rand_table, segmentation_rand, truth_segments
@@ -69,7 +61,7 @@ def _score_probabilities(prob, truth, metrics, thresholds, mismatch_theta, split
         tables["v_rand"] = [row[0] for row in table]
         tables["v_info"] = [row[1] for row in table]
     if "iou" in metrics:
-        ious = iou_per_class(pred_classes(raw_pred, pred_name), truth)
+        ious = iou_per_class(inputs.pred_classes(raw_pred, pred_name), truth)
         out.update({f"iou_{c}": v for c, v in ious.items()})
         valid = [v for v in ious.values() if not math.isnan(v)]
         out["mean_iou"] = float(np.mean(valid)) if valid else float("nan")
@@ -109,17 +101,17 @@ def evaluate_stack(pred, truth, metrics=ALL_METRICS, mismatch_theta=0.9, thresho
     `pred_name` / `truth_name`.
     """
     _check_metrics(metrics)
-    raw_pred = as_stack(pred, pred_name)
-    truth = truth_classes(truth, truth_name)
-    kind = prediction_kind(raw_pred, pred_kind)
+    raw_pred = inputs.as_stack(pred, pred_name)
+    truth = inputs.truth_classes(truth, truth_name)
+    kind = inputs.prediction_kind(raw_pred, pred_kind)
     tables = None
     if kind == "segments":
-        segments = pred_segments(raw_pred, pred_name)
-        check_same_shape(segments, truth, pred_name, truth_name)
+        segments = inputs.pred_segments(raw_pred, pred_name)
+        inputs.check_same_shape(segments, truth, pred_name, truth_name)
         out = _score_segments(segments, truth, metrics)
     else:
-        prob = pred_probabilities(raw_pred, pred_name)
-        check_same_shape(prob, truth, pred_name, truth_name)
+        prob = inputs.pred_probabilities(raw_pred, pred_name)
+        inputs.check_same_shape(prob, truth, pred_name, truth_name)
         out, tables = _score_probabilities(prob, truth, metrics, thresholds, mismatch_theta, split_radius,
                                            raw_pred, pred_name)
     n, h, w = truth.shape
