@@ -21,6 +21,7 @@ BENCHMARKS = {
     "predict": ("predict", "Prediction (a tile, an image, a stack) against PyTorch, ONNX Runtime, OpenVINO."),
     "data": ("data", "Weight maps and augmentation throughput against the training step."),
     "blockwise": ("blockwise", "Block-wise prediction of a volume larger than its memory budget."),
+    "evaluate": ("evaluate", "Every metric of `minunet evaluate` on six 512x512 ISBI slices (target <= 10 s)."),
 }
 YARDSTICKS = {"torch": "pip install torch==2.13.0 (a CPU build)", "onnxruntime": "pip install onnxruntime",
               "openvino": "pip install openvino"}
@@ -53,6 +54,7 @@ def bench():
       minunet bench kernels --width 16 --json kernels.json
       minunet bench train-step --width 64 --repeat 3
       minunet bench predict --json predict.json
+      minunet bench evaluate --json evaluate.json
     Add --help after a benchmark for its options.
     """
 

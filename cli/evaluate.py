@@ -1,20 +1,18 @@
 """``minunet evaluate PRED TRUTH``: score a predicted stack with the ISBI 2012 challenge's metrics.
 
-The definitions live in :mod:`minunet.evaluation.metrics`; this module reads the two stacks, selects slices,
-prints a table and optionally writes the numbers as JSON.
+The definitions live in :mod:`minunet.evaluation` (entry point :func:`minunet.evaluation.stack.evaluate_stack`);
+this module reads the two stacks, selects slices, prints a table and optionally writes the numbers as JSON.
 """
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from minunet.errors import UserError
+from minunet.evaluation.inputs import KINDS
 from minunet.files.specs import parse_spec
 
 METRICS = ("pixel", "rand", "warping", "vrand", "iou")
@@ -24,22 +22,13 @@ PAPER = "u-net, ISBI 2012 test set (paper): warping 0.000353, Rand 0.0382, pixel
 
 
 def parse_slices(text):
-    """Slice indices from "24-29,3": 0-based, ranges inclusive, in the order given.
-
-    (A small local helper: no shared ``parse_slices`` existed when this command was written.)
-    """
-    indices = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m:
-            raise UserError(f"--slices: cannot read {part!r} in {text!r}; "
-                            "use 0-based indices and inclusive ranges, e.g. 24-29 or 0,5,10-12")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise UserError(f"--slices: range {part!r} runs backwards; write {hi}-{lo}")
-        indices.extend(range(lo, hi + 1))
+    """Slice indices from "24-29,3": 0-based, ranges inclusive, in the order given (the shared
+    syntax of minunet.data.slices), each named once."""
+    from minunet.data.slices import parse_slices as parse
+    try:
+        indices = parse(text)
+    except UserError as err:
+        raise UserError(f"--slices: {err}") from None
     if len(set(indices)) != len(indices):
         raise UserError(f"--slices: {text!r} names a slice twice")
     return indices
@@ -57,7 +46,7 @@ def parse_metrics(text):
     return tuple(n for n in METRICS if n in names)
 
 
-def _truth_spec(truth):
+def resolve_truth_spec(truth):
     """An HDF5 truth file without a dataset means its ``/labels`` (written by ``minunet data convert``)."""
     spec = parse_spec(truth)
     if spec.kind == "hdf5" and spec.dataset is None and spec.path.is_file():
@@ -65,7 +54,7 @@ def _truth_spec(truth):
     return truth
 
 
-def _read(spec, role):
+def read_stack_checked(spec, role):
     """Read a stack with minunet.data.imageio, as (N, H, W); a missing file is a one-line UserError."""
     path = str(parse_spec(spec).path)
     if not any(ch in path for ch in "*?[") and not Path(path).exists():
@@ -79,15 +68,6 @@ def _read(spec, role):
         raise UserError(f"{role} {spec}: expected single-channel slices, got an array of shape "
                         f"{stack.shape}; pass one channel (foreground probabilities or class ids)")
     return stack
-
-
-def _check_has_cells(truth, spec, chosen):
-    """UserError when every truth pixel is membrane: nothing to match, so the pixel error is 1 and
-    the Rand error undefined for any prediction (only IoU means something)."""
-    if set(chosen) - {"iou"} and not np.any(truth > 0):
-        raise UserError(f"TRUTH {spec}: every pixel is 0 (membrane), so there is no cell to score: the pixel "
-                        "error would be 1 and the Rand error undefined; check that these are the labels "
-                        "(cells > 0), or score with --metrics iou")
 
 
 def select_slices(pred, truth, indices, pred_name, truth_name):
@@ -135,13 +115,15 @@ def format_table(result):
     row("pixel error", "pixel_error", "pixel_error_theta")
     row("Rand error", "rand_error", "rand_error_theta")
     row("  adapted Rand (scikit-image)", "adapted_rand_error", "adapted_rand_error_theta")
-    row("warping error", "warping_error", "warping_theta")
+    row("warping error", "warping_error", "warping_error_theta")
     if "splits" in result:
-        rows.append(("  splits / merges", f"{result['splits']} / {result['merges']}",
-                     f"{result['split_merge_theta']:g}"))
-    row("  split+merge warping error", "split_merge_error", "split_merge_theta")
-    row("V_Rand (thinned, higher=better)", "v_rand", "v_rand_theta")
-    row("V_Info (thinned, higher=better)", "v_info", "v_info_theta")
+        rows.append(("  splits / merges (groups)", f"{result['splits']} / {result['merges']}",
+                     f"{result['warping_error_theta']:g}"))
+        rows.append(("  split / merge pixels", f"{result['split_pixels']} / {result['merge_pixels']}",
+                     f"{result['warping_error_theta']:g}"))
+    row("  all mismatches (Jain et al.)", "mismatch_error", "mismatch_theta")
+    row("V_Rand (higher=better)", "v_rand", "v_rand_theta")
+    row("V_Info (higher=better)", "v_info", "v_info_theta")
     for key in sorted(k for k in result if re.fullmatch(r"iou_\d+", k)):
         row(f"IoU class {key[4:]}", key)
     row("mean IoU", "mean_iou")
@@ -152,21 +134,14 @@ def format_table(result):
 
 
 def write_json(path, payload):
-    """Write JSON atomically (a temporary file beside it, then a rename); '-' prints it."""
+    """Write JSON atomically (minunet.files.atomic: nothing half-written on any error); '-' prints it."""
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     if path == "-":
         click.echo(text, nl=False)
         return
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UserError(f"--json {path}: folder {target.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except OSError as err:
-        raise UserError(f"--json {path}: cannot write ({err.strerror}); choose a writable path")
+    from minunet.files.atomic import atomic_path
+    with atomic_path(Path(path), option="--json") as tmp:
+        tmp.write_text(text)
 
 
 class ThetaType(click.ParamType):
@@ -197,45 +172,61 @@ class ThetaType(click.ParamType):
                    "slices), or to both when they have the same number.")
 @click.option("--metrics", "metrics", default="all", show_default=True, metavar="LIST",
               help=f"Comma-separated subset of: {', '.join(METRICS)}.")
-@click.option("--warping-theta", type=ThetaType(), default="0.9", show_default=True,
+@click.option("--mismatch-theta", type=ThetaType(), default="0.9", show_default=True,
               metavar="THETA",
-              help="Threshold of the warping error, or 'min' for the best of 0.0..0.9.")
+              help="Threshold of the classic warping error (all mismatches, Jain et al. 2010), or "
+                   "'min' for the best of 0.0..0.9.")
+@click.option("--split-radius", type=int, default=20, show_default=True, metavar="R",
+              help="The warping error tests a split inside a (2R+1)^2 window, as the challenge's "
+                   "script; 0 tests the whole image (Fiji's default, slower).")
+@click.option("--pred-kind", type=click.Choice(KINDS), default="auto", show_default=True,
+              help="What PRED holds. auto: floats are probabilities, 8-bit integers class ids, "
+                   "16/32-bit integers a segmentation (one id per object, as `minunet segment` writes).")
 @click.option("--json", "json_path", metavar="FILE",
               help="Also write the numbers as JSON to FILE ('-' prints JSON instead of the table).")
-def evaluate(pred, truth, slices, metrics, warping_theta, json_path):
+def evaluate(pred, truth, slices, metrics, mismatch_theta, split_radius, pred_kind, json_path):
     """Score PRED against TRUTH with the ISBI 2012 challenge's metrics.
 
     \b
     PRED   foreground probabilities in [0, 1] (0 = membrane, 1 = cell), the ISBI submission
-           format written by `minunet predict`, or a label map of class ids (uint8).
+           format written by `minunet predict`; a label map of class ids (uint8); or a
+           segmentation, one id per object (16/32-bit, `minunet segment`).
     TRUTH  labels: 0 = membrane, > 0 (or 255) = cell. A TIFF stack, a PNG, a folder of
            slices, a glob, or HDF5: `file.h5` means its /labels dataset (`minunet data
            convert`), `file.h5:/dataset` any other.
 
-    Definitions follow Fiji's Trainable Segmentation metrics used by the challenge: pixel
-    and Rand error (1 - best F-score over thresholds 0.0..1.0), warping error (Jain et al.
-    2010) with split and merge counts, V_Rand and V_Info after thinning the predicted
-    membranes, and IoU per class. Errors: lower is better; V_Rand, V_Info, IoU: higher.
-    With more than two classes only IoU tells the classes apart: pixel, Rand and warping
-    error compare foreground (any class > 0) with background (class 0).
+    The numbers are the ISBI 2012 challenge's, as its own code (Fiji's Trainable Segmentation
+    metrics) computes them, checked against Fiji's values: pixel and Rand error (1 - best
+    F-score over thresholds 0.0..1.0); the warping error (the challenge's and the U-Net
+    paper's: the fewest split and merge pixels over thresholds 0.0..0.9, per pixel) with
+    the splits and merges, and the classic one of Jain et al. (all topological mismatches);
+    V_Rand and V_Info after thinning the predicted membranes (the leaderboard's scores since
+    2013); IoU per class. Errors: lower is better; V_Rand, V_Info, IoU: higher. A
+    segmentation is scored as it is, without thresholds: Rand error, V_Rand, V_Info. With
+    more than two classes only IoU tells the classes apart: pixel, Rand and warping error
+    compare foreground (any class > 0) with background (class 0). --json adds every score
+    at every threshold. Six 512x512 slices take a few seconds.
 
     \b
-    Example:
+    Examples:
       minunet evaluate probs.tif isbi.h5 --slices 24-29 --json scores.json
+      minunet evaluate labels.tif isbi.h5 --slices 24-29      # a segmentation (minunet segment)
     """
-    from minunet.evaluation.metrics import evaluate_stack
+    from minunet.evaluation.inputs import check_has_cells
+    from minunet.evaluation.stack import evaluate_stack
 
     chosen = parse_metrics(metrics)
     indices = parse_slices(slices) if slices else None
-    truth_spec = _truth_spec(truth)
-    pred_stack = _read(pred, "PRED")
-    truth_stack = _read(truth_spec, "TRUTH")
+    truth_spec = resolve_truth_spec(truth)
+    pred_stack = read_stack_checked(pred, "PRED")
+    truth_stack = read_stack_checked(truth_spec, "TRUTH")
     pred_stack, truth_stack, applied = select_slices(pred_stack, truth_stack, indices,
                                                      f"PRED {pred}", f"TRUTH {truth_spec}")
-    _check_has_cells(truth_stack, truth_spec, chosen)
+    check_has_cells(truth_stack, f"TRUTH {truth_spec}", chosen)
     start = time.perf_counter()
-    result = evaluate_stack(pred_stack, truth_stack, metrics=chosen, warping_theta=warping_theta,
-                            pred_name=f"PRED {pred}", truth_name=f"TRUTH {truth_spec}")
+    result = evaluate_stack(pred_stack, truth_stack, metrics=chosen, mismatch_theta=mismatch_theta,
+                            pred_name=f"PRED {pred}", truth_name=f"TRUTH {truth_spec}", pred_kind=pred_kind,
+                            split_radius=split_radius, per_threshold=bool(json_path))
     seconds = time.perf_counter() - start
     if json_path:
         write_json(json_path, {"pred": pred, "truth": truth_spec, "slice_selection": indices,
@@ -245,5 +236,8 @@ def evaluate(pred, truth, slices, metrics, warping_theta, json_path):
         n, h, w = result["slices"], result["height"], result["width"]
         click.echo(f"{pred} vs {truth_spec}: {n} slice{'s' * (n != 1)} of {h}x{w}"
                    + (f" (--slices applied to {applied})" if applied else ""))
+        if result["prediction"] == "segments":
+            click.echo("PRED holds segment ids: scored as a segmentation, without thresholds "
+                       "(pixel and warping error and IoU need probabilities or class ids)")
         click.echo(format_table(result))
         click.echo(f"[{seconds:.1f} s]  for context: {PAPER}")

@@ -18,7 +18,9 @@ SUBCOMMANDS = {
     "data": ("minunet.cli.data", "data", "Convert, inspect and synthesise training data (HDF5)."),
     "train": ("minunet.cli.train", "train", "Train a U-Net on an HDF5 data file."),
     "predict": ("minunet.cli.predict", "predict", "Segment images with a trained model (overlap-tile)."),
-    "evaluate": ("minunet.cli.evaluate", "evaluate", "Score predictions: pixel, Rand and warping error, IoU."),
+    "segment": ("minunet.cli.segment", "segment", "Objects from probabilities: a label image per slice."),
+    "evaluate": ("minunet.cli.evaluate", "evaluate",
+                 "Score predictions or segmentations: the ISBI 2012 metrics (Fiji's), IoU."),
     "export": ("minunet.cli.export", "export", "Export a model as ONNX or a bioimage.io package (Fiji, ilastik)."),
     "bench": ("minunet.cli.bench", "bench", "Benchmark kernels and training steps against PyTorch."),
 }
@@ -52,6 +54,7 @@ def cli():
       minunet data synth -o demo.h5              # or: minunet data convert IMAGES LABELS -o isbi.h5
       minunet train --data demo.h5 --out runs/demo
       minunet predict --model runs/demo/best.h5 IMAGE.tif -o probs.tif
+      minunet segment probs.tif -o labels.tif    # objects, one id each
       minunet evaluate probs.tif LABELS
     """
 

@@ -29,11 +29,18 @@ from minunet.inference.outputs import FORMATS
 @click.option("--pad", type=click.Choice(["mirror", "zero"]), default=None,
               help="Context beyond the image border: mirror (the paper) or zero (the dental network). "
                    "Default: what the model was trained with, else mirror.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: average over the 8 flips/rotations (8x slower).")
+@click.option("--tta", type=click.Choice(["1", "4", "8"]), default="1", flag_value="8", is_flag=False,
+              show_default=True, metavar="1|4|8",
+              help="Test-time averaging: the mean of the prediction of 4 (the rotations) or 8 "
+                   "(rotations and flips) versions of each slice, costing 4x or 8x the time "
+                   "(--tta alone: 8). Measured effect on ISBI: docs/results.md.")
 @click.option("--output-format", type=click.Choice(FORMATS), default=None,
               help="foreground: float32 probability of class 1 (ISBI submission format); "
                    "labels: uint8 argmax class map; probs: float32 probabilities of every class. "
                    "Default: foreground for a 2-class model, labels for more classes.")
+@click.option("--segment", is_flag=True,
+              help="Write objects instead of probabilities: a 16-bit label image per slice, as "
+                   "`minunet segment` with its defaults makes from the probabilities (2-class models).")
 @click.option("--labels", is_flag=True,
               help="OME-Zarr output (NAME.ome.zarr): also write the class map (argmax) as the image's NGFF labels "
                    "group labels/classes, for napari.")
@@ -45,7 +52,7 @@ from minunet.inference.outputs import FORMATS
               help="Zarr (block-wise) prediction: block side in pixels, a multiple of 2^(depth-1).")
 @click.option("--resume", is_flag=True, help="Zarr (block-wise) prediction: skip the blocks already written.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary line.")
-def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, labels, force,
+def predict(input_spec, model_path, output, device, tile, batch, pad, tta, output_format, segment, labels, force,
             scheduler, block, resume, quiet):
     """Segment INPUT with a trained U-Net, tile by tile (the paper's overlap-tile strategy).
 
@@ -62,7 +69,7 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     \b
     Examples:
       minunet predict --model runs/isbi/best.h5 ../shared/data/isbi2012/test -o test-probs.tif
-      minunet predict -m runs/isbi/best.h5 "slices/*.png" -o seg.h5 --output-format labels --tta
+      minunet predict -m runs/isbi/best.h5 "slices/*.png" -o seg.h5 --output-format labels --tta 8
       minunet predict -m runs/dental/best.h5 xray.png -o xray-probs.h5:/probs --output-format probs
       minunet predict -m runs/isbi/best.h5 volume.zarr -o probs.zarr --block 2048 --scheduler tcp://host:8786
 
@@ -77,12 +84,16 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     from minunet.inference import blockwise
     from minunet.inference.run import Request, predict_to_file
 
-    device = resolve_device(device)
+    device, tta = resolve_device(device), int(tta)
+    if segment and (output_format or blockwise.wants_blockwise(input_spec, output)):
+        raise UserError("--segment: writes a label image of its own; drop --output-format "
+                        "(and use a .tif or .h5 OUTPUT)")
     if blockwise.wants_blockwise(input_spec, output):
         _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format,
                            force, scheduler, block, resume, quiet, labels)
         return
-    request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force, labels)
+    request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force, labels,
+                      segment)
     with Progress("predicting: tiles", quiet=quiet) as progress:
         announce_compilation(device, progress.echo, quiet)
         line = predict_to_file(request, progress=progress.update)
@@ -96,8 +107,8 @@ def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad,
     from minunet.inference import blockwise, ome_zarr, outputs
     from minunet.inference.run import trained_pad
     from minunet.model.checkpoint import load_checkpoint
-    if tta:
-        raise UserError("--tta: not available for Zarr (block-wise) prediction; drop --tta")
+    if tta > 1:
+        raise UserError(f"--tta {tta}: not available for Zarr (block-wise) prediction; drop --tta")
     checkpoint = load_checkpoint(model_path, training_state=False)
     pad = pad or trained_pad(checkpoint)
     output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2),

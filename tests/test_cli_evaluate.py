@@ -138,3 +138,43 @@ def test_user_errors_are_one_line(files, capsys, case, message):
     assert re.search(message, err), err
     if case in ("missing", "range"):
         assert str(pred) in err                            # the message names the file
+
+
+@needs_imageio
+def test_json_has_every_threshold_and_the_challenges_warping_error(files, capsys):
+    tmp, truth = files
+    import tifffile
+    pred = truth.astype(np.float32)
+    pred[0, 1:3, 6] = 1.0                                 # open a membrane: a merge
+    tifffile.imwrite(tmp / "gap.tif", pred, photometric="minisblack")
+    code, out, err = run(["evaluate", str(tmp / "gap.tif"), str(tmp / "labels"), "--metrics", "warping",
+                          "--mismatch-theta", "min", "--json", "-"], capsys)
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["merges"] == 1 and scores["merge_pixels"] == 2
+    assert scores["warping_error"] == 2 / truth.size and scores["warping_error_theta"] == 0.0
+    assert scores["mismatch_theta"] == 0.0
+    table = scores["per_threshold"]
+    assert len(table["warp_thresholds"]) == len(table["merge_pixels"]) == 10
+
+
+@needs_imageio
+def test_segmentation_is_scored_without_thresholds(files, capsys):
+    import tifffile
+    from scipy import ndimage
+    tmp, truth = files
+    segments = np.stack([ndimage.label(s)[0] for s in truth]).astype(np.uint16)
+    tifffile.imwrite(tmp / "segments.tif", segments, photometric="minisblack")
+    code, out, err = run(["evaluate", str(tmp / "segments.tif"), str(tmp / "labels")], capsys)
+    assert code == 0, err
+    assert "scored as a segmentation" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["V_Rand"][-1] == rows["V_Info"][-1] == "1.000000"
+    assert "pixel" not in rows and "warping" not in rows
+
+
+def test_bench_evaluate_runs(capsys, isbi_dir):
+    from minunet.benchmarks import evaluate as bench
+    assert bench.main(["--slices", "0", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "all metrics of 1 slices of 512x512" in out and ("met" in out or "missed" in out)

@@ -29,10 +29,11 @@ class Request:
     tile: int = None
     batch: int = 4
     pad: str = None
-    tta: bool = False
+    tta: int = 1                  # versions averaged: 1, 4 (rotations) or 8 (rotations and flips)
     output_format: str = None
     force: bool = False
     labels: bool = False          # OME-Zarr outputs: also the class map as an NGFF labels group
+    segment: bool = False         # write objects (a label image per slice) instead of probabilities
 
 
 def trained_pad(checkpoint):
@@ -98,6 +99,8 @@ def predict_to_file(request, progress=None):
             raise UserError(f"--tile: {err}") from None
         check_tile_memory(model, r.tile, r.batch, r.device)
     pad = r.pad or trained_pad(checkpoint)
+    if r.segment and model.classes != 2:
+        raise UserError(f"--segment: needs a 2-class (cell/membrane) model; {r.model_path} has {model.classes} classes")
     output_format = outputs.check_format(r.output_format or outputs.default_format(model.classes, ngff))
     if not ome_zarr.is_ome_zarr(r.input_spec):
         outputs.check_output_space(r.output_spec, check_job_memory(r.input_spec, model.classes, output_format))
@@ -110,13 +113,17 @@ def predict_to_file(request, progress=None):
         raise UserError(f"--tile: {err}") from None
     probs = tiling.predict_stack(model, stack, tile=tile, pad=pad, batch=r.batch, tta=r.tta, progress=progress)
     meta = dict(model=str(r.model_path), input=str(r.input_spec), tile=tile, pad=pad, tta=r.tta)
-    settings = f"(tile {tile}, pad {pad}{', tta' if r.tta else ''}, device {r.device})"
+    settings = f"(tile {tile}, pad {pad}{f', tta {int(r.tta)}' if int(r.tta) > 1 else ''}, device {r.device})"
     if ngff:
         ome_zarr.write_prediction(Path(r.output_spec), probs, output_format, r.labels,
                                   ome_zarr.source_space(r.input_spec), meta, r.force)
         return (f"wrote {r.output_spec}: OME-Zarr image, {output_format}"
                 f"{' and labels/classes' if r.labels else ''} {settings}")
-    array = outputs.format_probabilities(probs, output_format, class_axis=1)
+    if r.segment:
+        from minunet.inference.segmentation import segment_stack
+        array, output_format = segment_stack(probs[:, 1]), "segments"
+    else:
+        array = outputs.format_probabilities(probs, output_format, class_axis=1)
     if n == 1:
         array = array[0]
     outputs.write_output(r.output_spec, array, output_format, meta, r.force)

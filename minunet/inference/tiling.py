@@ -40,6 +40,7 @@ from minunet.model.memory import activation_bytes, memory_budget
 
 SAFETY = 1.5             # the memory estimate's head-room for kernel workspaces and fragmentation
 MAX_TILE = 1024          # choose_tile's largest input tile: bigger tiles save little overlap
+TTA_VERSIONS = (1, 4, 8)  # test-time averaging: the image, its rotations, rotations and flips
 
 
 # ---------------------------------------------------------------------- tile size
@@ -108,10 +109,19 @@ def context_size(length, tile, stride, out):
     return tile_starts(length, stride, out)[-1] + tile
 
 
-def count_tiles(model, tile, height, width, tta=False):
-    """How many network tiles predicting a height x width image takes (x8 with TTA)."""
+def tta_versions(tta):
+    """How many versions of an image test-time averaging predicts: 1, 4 or 8 (True means 8)."""
+    if isinstance(tta, bool) or tta is None:
+        return 8 if tta else 1
+    if tta not in TTA_VERSIONS:
+        raise UserError(f"tta {tta!r}: average over 1, 4 (rotations) or 8 (rotations and flips) versions")
+    return int(tta)
+
+
+def count_tiles(model, tile, height, width, tta=1):
+    """How many network tiles predicting a height x width image takes (times the TTA versions)."""
     out, stride = model.geometry(tile).output_size, tile_stride(model, tile)
-    return len(tile_starts(height, stride, out)) * len(tile_starts(width, stride, out)) * (8 if tta else 1)
+    return len(tile_starts(height, stride, out)) * len(tile_starts(width, stride, out)) * tta_versions(tta)
 
 
 def check_stride(model, tile, height, width):
@@ -205,8 +215,9 @@ def _with_context(model, image, tile, pad):
     return extend(image, geo.margin, after, pad)
 
 
-def _symmetries():
-    """The 8 symmetries of the square as (forward, inverse) pairs on (C, H, W) arrays."""
+def _symmetries(versions=8):
+    """The first `versions` symmetries of the square as (forward, inverse) pairs on (C, H, W)
+    arrays: the identity, then the rotations by 90, 180, 270 degrees, then the same after a flip."""
     def make(k, flip):
         def forward(a):
             return np.rot90(np.flip(a, axis=2) if flip else a, k, axes=(1, 2))
@@ -215,10 +226,10 @@ def _symmetries():
             a = np.rot90(a, -k, axes=(1, 2))
             return np.flip(a, axis=2) if flip else a
         return forward, inverse
-    return [make(k, flip) for flip in (False, True) for k in range(4)]
+    return [make(k, flip) for flip in (False, True) for k in range(4)][:versions]
 
 
-def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, progress=None, done=0, total=None):
+def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=1, progress=None, done=0, total=None):
     """Class probabilities (K, H, W) float32 of one image by the overlap-tile strategy.
 
     Args:
@@ -229,7 +240,9 @@ def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, pro
             An invalid size raises UserError naming the nearest valid ones.
         pad: "mirror" (reflect without repeating the border pixel) or "zero" beyond the border.
         batch: tiles per forward pass.
-        tta: average the probabilities over the 8 flips and rotations (8 times the work).
+        tta: test-time averaging: the mean probabilities of 1, 4 (the rotations) or 8 (rotations
+            and flips) versions of the image, each predicted and turned back (that many times
+            the work). True means 8.
         progress: ``progress(done, total)`` in tiles after each batch; None prints nothing.
         done, total: offsets of that count when it spans several images (predict_stack).
     """
@@ -248,18 +261,19 @@ def predict_image(model, image, tile=None, pad="mirror", batch=4, tta=False, pro
         if progress is not None:
             progress(count[0], total)
 
+    versions = tta_versions(tta)
     probs = None
-    for forward, inverse in (_symmetries() if tta else [(None, None)]):
+    for forward, inverse in (_symmetries(versions) if versions > 1 else [(None, None)]):
         view = image if forward is None else np.ascontiguousarray(forward(image))
         p = predict_valid(model, _with_context(model, view, tile, pad), tile, view.shape[1:], batch, report)
         p = p if inverse is None else inverse(p)
         probs = p if probs is None else probs + p
-    if tta:
-        probs /= 8
+    if versions > 1:
+        probs /= versions
     return np.ascontiguousarray(probs, dtype=np.float32)
 
 
-def predict_stack(model, stack, tile=None, pad="mirror", batch=4, tta=False, progress=None):
+def predict_stack(model, stack, tile=None, pad="mirror", batch=4, tta=1, progress=None):
     """Class probabilities (N, K, H, W) float32 of a stack (N, H, W) or (N, C, H, W), slice by slice.
 
     ``progress(done, total)`` counts tiles over the whole stack. Other arguments as
