@@ -15,6 +15,7 @@ SCRIPTS = {
     "train-step": ("train_step", "a whole training step (and inference) against PyTorch, time and memory"),
     "predict": ("predict", "overlap-tile prediction of a 512x512 image against PyTorch"),
     "data": ("data", "weight-map computation and augmentation throughput"),
+    "recipe": ("recipe", "whether each training recipe learns: validation errors of short ISBI runs"),
 }
 FORWARD = dict(ignore_unknown_options=True, allow_extra_args=True, help_option_names=[])
 
@@ -35,6 +36,7 @@ def bench():
       minunet bench kernels --device cpu --json kernels.json
       minunet bench train-step --width 64 --tile 572 --json step.json
       minunet bench predict --json predict.json
+      minunet bench recipe --recipes default --seeds 0,1 --json recipe.json
     Add --help after a subcommand for its options.
     """
 
