@@ -117,7 +117,8 @@ def test_run_directory(data_file, tmp_path):
     assert all(0 <= float(v) <= 1 for r in rows[1:] for v in r[3:]) and float(rows[1][2]) > 0
     record = json.loads((out / "config.json").read_text())
     assert record["data_sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
-    assert record["settings"]["optimizer"] == "sgd" and record["settings"]["lr"] == T.DEFAULT_LR["sgd"]
+    default = T.TrainConfig.optimizer
+    assert record["settings"]["optimizer"] == default and record["settings"]["lr"] == T.DEFAULT_LR[default]
     assert record["settings"]["train_slices"] == "0-3" and {"minunet", "numpy"} <= set(record["versions"])
     ckpt = load_checkpoint(out / "checkpoint.h5")
     assert ckpt.iteration == 6 and {"dropout", "sampler"} <= set(ckpt.rng)
