@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from minunet.data.isbi import isbi_dir
+from minunet.errors import UserError
 
 TARGET_RAND, TARGET_PIXEL = 0.20, 0.060
 TRAIN_SLICES, VAL_SLICES = "0-23", "24-29"
@@ -54,11 +55,10 @@ def parse_recipe(spec):
 
 def resolve(overrides):
     """The optimiser settings a recipe trains with, once TrainConfig's defaults fill the gaps."""
-    from minunet.training import trainer as T
-    fields = {k: f.default for k, f in T.TrainConfig.__dataclass_fields__.items() if k in (*SETTINGS, "optimizer")}
-    fields.update(overrides)
+    from minunet.training.trainer import DEFAULT_LR, TrainConfig
+    fields = {k: overrides.get(k, getattr(TrainConfig, k)) for k in ("optimizer", *SETTINGS)}
     if fields["lr"] is None:
-        fields["lr"] = T.DEFAULT_LR[fields["optimizer"]]
+        fields["lr"] = DEFAULT_LR[fields["optimizer"]]
     if fields["optimizer"] != "sgd":
         fields.pop("momentum")
     return fields
@@ -77,21 +77,20 @@ def data_file(data, tmp, progress):
         return path
     images, labels = path / "train" / "image", path / "train" / "label"
     if not images.is_dir() or not labels.is_dir():
-        from minunet.errors import UserError
         raise UserError(f"--data {path}: neither a data file nor an ISBI 2012 folder (train/image, train/label); "
                         f"give isbi.h5 from `minunet data convert` or set MINUNET_ISBI_DIR")
-    from minunet.data import dataset
+    from minunet.data.dataset import convert
     progress(f"converting {path} to HDF5 (weight maps for 30 slices) ...")
-    return dataset.convert(images, labels, Path(tmp) / "isbi.h5")
+    return convert(images, labels, Path(tmp) / "isbi.h5")
 
 
 def train_one(data, out, overrides, seed, iterations, val_every, width, progress):
     """Train one recipe in run directory ``out``; returns its validation rows and seconds per step."""
-    from minunet.training import trainer as T
-    config = T.TrainConfig(data=str(data), out=str(out), device="cpu", iterations=iterations, width=width,
+    from minunet.training.trainer import TrainConfig, Trainer
+    config = TrainConfig(data=str(data), out=str(out), device="cpu", iterations=iterations, width=width,
                            train_slices=TRAIN_SLICES, val_slices=VAL_SLICES, val_every=val_every, seed=seed,
                            **overrides)
-    trainer = T.Trainer(config, echo=lambda line: progress(f"  {line}"))
+    trainer = Trainer(config, echo=lambda line: progress(f"  {line}"))
     start = time.monotonic()
 
     def every_100(t, loss):
@@ -184,8 +183,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def main(argv=None):
-    """Command line: the options above; prints the table, returns 0 (2 for a bad option or missing data)."""
+def arguments():
+    """The command-line options (an argparse parser: ``minunet bench recipe`` builds its click command from it)."""
     parser = argparse.ArgumentParser(prog="minunet bench recipe", description=__doc__.split("\n\n")[0],
                                      formatter_class=_Help)
     parser.add_argument("--data", default=str(isbi_dir()),
@@ -199,12 +198,19 @@ def main(argv=None):
     parser.add_argument("--val-every", type=int, default=250, help="validate every K iterations")
     parser.add_argument("--width", type=int, default=16, help="channels of the first level")
     parser.add_argument("--json", metavar="FILE", help="write the settings, runs and validations as JSON")
-    parser.add_argument("--keep", metavar="DIR", help="keep the run directories in DIR [default: a temporary folder, removed at the end]")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the run directories in DIR [default: a temporary folder, removed at the end]")
+    return parser
+
+
+def main(argv=None):
+    """Command line: the options of :func:`arguments`; prints the table; returns 0, or 2 for bad options or data."""
+    parser = arguments()
     args = parser.parse_args(argv)
-    from minunet.errors import UserError
     try:
         recipes = split_recipes(args.recipes)
-        [parse_recipe(r) for r in recipes]
+        for spec in recipes:
+            parse_recipe(spec)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
         parser.error(str(err))

@@ -13,8 +13,9 @@ reaches about 0.55-0.65 of that baseline over iterations 61-70 for seeds 0-2, an
 import numpy as np
 import pytest
 
-from minunet.data import dataset, synth
-from minunet.training import trainer as T
+from minunet.data import synth
+from minunet.data.dataset import save_arrays
+from minunet.training.trainer import DEFAULT_LR, IGNORE, TrainConfig, Trainer
 
 ITERATIONS = 70
 WINDOW = 10          # the last iterations, averaged
@@ -34,10 +35,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def synthetic_em(tmp_path_factory):
     raw, labels = synth.synth_stack(4, 256, seed=0)
-    return dataset.save_arrays(tmp_path_factory.mktemp("recipe") / "synth.h5", raw, labels)
+    return save_arrays(tmp_path_factory.mktemp("recipe") / "synth.h5", raw, labels)
 
 
-def constant_loss(labels, weights, ignore=T.IGNORE):
+def constant_loss(labels, weights, ignore=IGNORE):
     """The mean weighted cross-entropy of the best constant class probabilities for these pixels."""
     keep = labels != ignore
     class_weight = np.array([weights[keep & (labels == c)].sum() for c in np.unique(labels[keep])], np.float64)
@@ -46,9 +47,9 @@ def constant_loss(labels, weights, ignore=T.IGNORE):
 
 def train_losses(data, out, **recipe):
     """(training loss, constant-prediction loss) per iteration of a short run with ``recipe``."""
-    config = T.TrainConfig(data=str(data), out=str(out), iterations=ITERATIONS, depth=5, width=16, tile=252,
+    config = TrainConfig(data=str(data), out=str(out), iterations=ITERATIONS, depth=5, width=16, tile=252,
                            val_slices="none", workers=0, seed=0, **recipe)
-    trainer = T.Trainer(config)
+    trainer = Trainer(config)
     baseline, draw = [], trainer.sampler.batch
 
     def recording_batch(n):
@@ -65,9 +66,9 @@ def train_losses(data, out, **recipe):
 def test_constant_loss_is_the_best_constant():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (1, 20, 20)).astype(np.uint8)
-    labels[0, 0, :5] = T.IGNORE
+    labels[0, 0, :5] = IGNORE
     weights = rng.uniform(0.5, 5.0, labels.shape)
-    keep = labels != T.IGNORE
+    keep = labels != IGNORE
     for p in np.linspace(0.05, 0.95, 19):
         loss = -np.mean(np.where(labels == 1, weights * np.log(p), weights * np.log(1 - p))[keep])
         assert constant_loss(labels, weights) <= loss + 1e-12
@@ -87,8 +88,8 @@ def test_the_cli_trains_the_tested_recipe():
     from minunet.cli.train import train
     options = {p.name: p for p in train.params}
     for name in ("optimizer", "momentum", "dropout", "weight_decay", "batch"):
-        assert options[name].default == getattr(T.TrainConfig, name), name
-    for optimizer, lr in T.DEFAULT_LR.items():
+        assert options[name].default == getattr(TrainConfig, name), name
+    for optimizer, lr in DEFAULT_LR.items():
         assert f"{lr:g} for {optimizer}" in options["lr"].help
 
 
@@ -99,7 +100,7 @@ def test_bench_recipe_reads_recipes_and_reports_the_target():
     assert bench.resolve(bench.parse_recipe("sgd:lr=0.001,momentum=0.9")[1]) == dict(
         optimizer="sgd", lr=0.001, momentum=0.9, weight_decay=0.0, dropout=0.5)
     default = bench.resolve({})
-    assert default["optimizer"] == T.TrainConfig.optimizer and default["lr"] == T.DEFAULT_LR[default["optimizer"]]
+    assert default["optimizer"] == TrainConfig.optimizer and default["lr"] == DEFAULT_LR[default["optimizer"]]
     for bad in ("rmsprop", "sgd:lr=fast", "adam:beta=0.9"):
         with pytest.raises(ValueError):
             bench.parse_recipe(bad)
