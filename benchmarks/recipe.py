@@ -168,8 +168,8 @@ def format_table(result):
         best_text = f"{best['val_rand_error']:.3f} ({best['iteration']})" if best else "-"
         lines.append(f"{run['recipe']:<26} {run['seed']:>4}  " + " ".join(f"{c:>13}" for c in cells)
                      + f"  {best_text:>16}  {'met' if run['met'] else 'missed'}")
-    lines.append("settings: " + "; ".join(f"{run['recipe']}: {_describe(run['settings'])}"
-                                          for run in result["runs"] if "same_as" not in run))
+    described = {run["recipe"]: _describe(run["settings"]) for run in result["runs"]}
+    lines.append("settings: " + "; ".join(f"{recipe}: {text}" for recipe, text in described.items()))
     lines.append(f"CPU: {result['cpu']}; {result['date']}; "
                  + ", ".join(f"{run['recipe']} seed {run['seed']} {run['s_per_iteration']:.2f} s/it"
                              for run in result["runs"] if "same_as" not in run))
