@@ -22,6 +22,7 @@ BENCHMARKS = {
     "data": ("data", "Weight maps and augmentation throughput against the training step."),
     "blockwise": ("blockwise", "Block-wise prediction of a volume larger than its memory budget."),
     "evaluate": ("evaluate", "Every metric of `minunet evaluate` on six 512x512 ISBI slices (target <= 10 s)."),
+    "recipe": ("recipe", "Whether each training recipe learns: validation errors of short ISBI runs."),
 }
 YARDSTICKS = {"torch": "pip install torch==2.13.0 (a CPU build)", "onnxruntime": "pip install onnxruntime",
               "openvino": "pip install openvino"}
@@ -55,6 +56,7 @@ def bench():
       minunet bench train-step --width 64 --repeat 3
       minunet bench predict --json predict.json
       minunet bench evaluate --json evaluate.json
+      minunet bench recipe --recipes default --seeds 0,1 --json recipe.json
     Add --help after a benchmark for its options.
     """
 

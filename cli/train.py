@@ -46,11 +46,12 @@ def _floats(ctx, param, value):
 @click.option("--deep-supervision", is_flag=True, help="Extra softmax losses on the coarse expanding levels.")
 @click.option("--aux-weights", callback=_floats,
               help="Loss weight of each coarse level, deepest first, comma-separated [default: 0.5 each].")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
-              help="sgd: the paper's SGD with momentum; adam: Adam.")
-@click.option("--lr", type=float, help="Learning rate [default: 0.003 for sgd, 3e-4 for adam].")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              help="adam: Adam, which learns in minutes; sgd: the paper's SGD with momentum, far slower to "
+                   "start at --width 16 (docs/training.md).")
+@click.option("--lr", type=float, help="Learning rate [default: 0.0003 for adam, 0.001 for sgd].")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
-              help="SGD momentum (the paper's 0.99).")
+              help="SGD momentum (the paper's 0.99; not used by adam).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, help="L2 weight decay.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="Dropout at the end of the contracting path.")
@@ -71,10 +72,12 @@ def train(ctx, **opts):
     """Train a U-Net with the paper's recipe on an HDF5 data file.
 
     \b
-    The paper's recipe: one large tile per step, SGD with momentum 0.99, He initialisation,
-    dropout, elastic augmentation, the file's border weight maps, weighted softmax cross-entropy.
-    On the CPU the defaults are the paper's network at a quarter of the width (--width 16) and a
-    40-minute budget; on a GPU the paper's width 64 and 20000 iterations.
+    The paper's recipe: one large tile per step, He initialisation, dropout, elastic augmentation,
+    the file's border weight maps, weighted softmax cross-entropy; with Adam (lr 3e-4) in place of
+    the paper's SGD with momentum 0.99, which does not get going at --width 16 in the CPU budget
+    (--optimizer sgd to use it; why: docs/training.md). On the CPU the defaults are the paper's
+    network at a quarter of the width (--width 16) and a 40-minute budget; on a GPU the paper's
+    width 64 and 20000 iterations.
 
     \b
     The run directory gets config.json, checkpoint.h5 (latest), best.h5 (best validation Rand
@@ -90,7 +93,8 @@ def train(ctx, **opts):
 
     \b
     Examples:
-      minunet train --data isbi.h5 --out runs/isbi --width 16 --minutes 40
+      minunet train --data isbi.h5 --out runs/isbi --train-slices 0-23 --val-slices 24-29
+      minunet train --data isbi.h5 --out runs/isbi-sgd --optimizer sgd --iterations 5000
       minunet train --out runs/isbi --resume --minutes 60
       minunet train --data dental.h5 --classes 7 --up-kernel 4 --pad zero --deep-supervision
       mpiexec -n 4 minunet train --data isbi.h5 --out runs/isbi4 --width 64 --iterations 5000

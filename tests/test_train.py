@@ -122,7 +122,8 @@ def test_run_directory(data_file, tmp_path):
     assert all(0 <= float(v) <= 1 for r in validated for v in r[3:]) and all(float(r[2]) > 0 for r in rows[1:])
     record = json.loads((out / "config.json").read_text())
     assert record["data_sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
-    assert record["settings"]["optimizer"] == "sgd" and record["settings"]["lr"] == C.DEFAULT_LR["sgd"]
+    default = C.TrainConfig.optimizer
+    assert record["settings"]["optimizer"] == default and record["settings"]["lr"] == C.DEFAULT_LR[default]
     assert record["settings"]["train_slices"] == "0-3" and {"minunet", "numpy"} <= set(record["versions"])
     ckpt = load_checkpoint(out / "checkpoint.h5")
     assert ckpt.iteration == 6 and {"dropout", "sampler"} <= set(ckpt.rng)
