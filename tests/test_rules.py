@@ -11,6 +11,7 @@ from minunet.model import geometry
 
 
 def test_auto_device_never_picks_the_simulator(monkeypatch):
+    monkeypatch.setattr(devices, "_no_gpu_driver", lambda: False)       # as on a machine with a driver
     monkeypatch.setattr(devices, "cuda_status", lambda: (True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"))
     assert devices.resolve_device("auto") == "cpu"
     assert devices.resolve_device("cuda") == "cuda"                 # asked for explicitly: allowed
@@ -23,6 +24,9 @@ def test_auto_device_never_picks_the_simulator(monkeypatch):
     with pytest.raises(UserError, match="--device tpu: unknown device"):
         devices.resolve_device("tpu")
     assert devices.resolve_device("reference") == "reference"
+    monkeypatch.setattr(devices, "_no_gpu_driver", lambda: True)        # no driver: CUDA is never imported
+    monkeypatch.setattr(devices, "cuda_status", lambda: pytest.fail("imported the CUDA stack"))
+    assert devices.resolve_device("auto") == "cpu"
 
 
 @pytest.mark.parametrize("spec, path, kind, dataset", [

@@ -289,7 +289,7 @@ def predict_stack(model, stack, tile=None, pad="mirror", batch=4, tta=1, progres
         tile = fit_tile(model, choose_tile(model, batch=batch), h, w)
     per_slice = count_tiles(model, tile, h, w, tta)
     result = np.empty((n, model.classes, h, w), dtype=np.float32)
-    if tta:
+    if tta_versions(tta) > 1:
         for i in range(n):
             result[i] = predict_image(model, stack[i], tile, pad, batch, tta, progress,
                                       done=i * per_slice, total=n * per_slice)
