@@ -95,8 +95,8 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     request = Request(model_path, input_spec, output, device, tile, batch, pad, tta, output_format, force, labels,
                       segment)
     with Progress("predicting: tiles", quiet=quiet) as progress:
-        announce_compilation(device, progress.echo, quiet)
-        line = predict_to_file(request, progress=progress.update)
+        line = predict_to_file(request, progress=progress.update,
+                               starting=lambda: announce_compilation(device, progress.echo, quiet))
     if not quiet:
         click.echo(line, err=True)
 
@@ -114,11 +114,11 @@ def _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad,
     output_format = output_format or outputs.default_format(checkpoint.model.get("classes", 2),
                                                             ome=ome_zarr.is_output(output))
     with Progress("predicting: blocks", quiet=quiet) as progress:
-        announce_compilation(device, progress.echo, quiet)
         result = blockwise.predict_volume(model_path, input_spec, output, block=block, scheduler=scheduler,
                                           device=device, tile=tile, pad=pad, output_format=output_format,
                                           resume=resume, overwrite=force, progress=progress.update, batch=batch,
-                                          labels=labels)
+                                          labels=labels,
+                                          starting=lambda: announce_compilation(device, progress.echo, quiet))
     if not quiet:
         click.echo(f"wrote {result['output']}: {output_format} {'x'.join(map(str, result['shape']))}, "
                    f"{result['computed']} block(s) predicted, {result['skipped']} skipped (tile {result['tile']})",

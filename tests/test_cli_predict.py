@@ -118,6 +118,20 @@ def test_overwrite_needs_force(tmp_path, model_file, rng, capsys):
         assert list(f) == ["raw"]
 
 
+def test_the_compile_notice_comes_after_the_checks(tmp_path, model_file, rng, capsys, monkeypatch):
+    """On a cold kernel cache a refused input is still a one-line error; a good one is told of the compilation."""
+    from minunet.kernels.cpu import cache
+    monkeypatch.setattr(cache, "cache_is_warm", lambda: False)
+    tifffile.imwrite(tmp_path / "in.tif", rng.integers(0, 256, (20, 20), dtype=np.uint8), photometric="minisblack")
+    (tmp_path / "out.tif").write_bytes(b"keep me")
+    code, _, err = run(["predict", "-m", model_file, str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif"),
+                        "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "exists", "--force")
+    code, _, err = run(["predict", "-m", model_file, str(tmp_path / "in.tif"), "-o", str(tmp_path / "new.tif"),
+                        "--device", "cpu"], capsys)
+    assert code == 0 and "compiling CPU kernels" in err, err
+
+
 def test_bad_inputs_give_one_line_errors_and_leave_no_file(tmp_path, model_file, rng, capsys):
     good = tmp_path / "good.tif"
     tifffile.imwrite(good, rng.integers(0, 256, (24, 24), dtype=np.uint8), photometric="minisblack")

@@ -235,13 +235,14 @@ def test_schema_matches_the_network():
                 assert parameter_shapes(config) == [(n, tuple(p.shape)) for n, p in net.named_parameters()]
 
 
-def test_corrupt_training_state_on_resume(tmp_path, capsys):
+@pytest.mark.parametrize("optimizer,buffer", [("adam", "m/0"), ("sgd", "velocity/0")])
+def test_corrupt_training_state_on_resume(tmp_path, capsys, optimizer, buffer):
     """A checkpoint whose generator or optimizer state is corrupt: --resume refuses it in one line."""
     from tests.test_train import write_data
     data = write_data(tmp_path / "d.h5")
     from tests.backends import fast_device
     tiny = ["--device", fast_device(), "--depth", "2", "--width", "2", "--tile", "44", "--val-slices", "none",
-            "--workers", "0", "-q"]
+            "--workers", "0", "-q", "--optimizer", optimizer]
     from tests.cli_runner import run
     code, _, err = run(["train", "--data", data, "--out", tmp_path / "run", "--iterations", "2", *tiny], capsys)
     assert code == 0, err
@@ -250,7 +251,7 @@ def test_corrupt_training_state_on_resume(tmp_path, capsys):
     cases = [(lambda f: f.attrs.__setitem__("rng", json.dumps({"dropout": {"bit_generator": "PCG64", "state": 3}})),
               "random generator 'dropout'"),
              (lambda f: f.attrs.__setitem__("rng", "[1, 2"), "'rng' is not valid JSON"),
-             (lambda f: f["optimizer"].__delitem__("velocity/0"), "/optimizer/velocity/0 is missing"),
+             (lambda f: f["optimizer"].__delitem__(buffer), f"/optimizer/{buffer} is missing"),
              (lambda f: f["optimizer"].attrs.__setitem__("steps", -4), "steps is -4")]
     for craft, message in cases:
         ckpt.write_bytes(good)

@@ -202,7 +202,7 @@ def test_failed_resume_keeps_the_stored_settings(data_file, tmp_path, capsys):
     code, _, err = run(["train", "--out", out, "--resume", "--iterations", "30", "--lr", "1e6", "-q"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--lr" in err, err
     assert (out / "config.json").read_text() == before
-    assert json.loads(before)["settings"]["lr"] == 0.003
+    assert json.loads(before)["settings"]["lr"] == C.DEFAULT_LR[json.loads(before)["settings"]["optimizer"]]
     code, _, err = run(["train", "--out", out, "--resume", "--iterations", "4", "-q"], capsys)
     assert code == 0, err                                          # a plain --resume goes on as before
 

@@ -299,7 +299,7 @@ def _check_block(model, block):
 
 def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="local", device="cpu",
                    tile=None, pad="mirror", output_format="foreground", resume=False, overwrite=False,
-                   progress=None, memory_budget=None, batch=4, workers=2, labels=False):
+                   progress=None, memory_budget=None, batch=4, workers=2, labels=False, starting=None):
     """Predict a Zarr / HDF5 image or volume block by block into a chunked Zarr array.
 
     Args:
@@ -322,6 +322,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
             blocks in flight and one forward pass fit. None: half the free memory for the tile.
         batch: tiles per forward pass. workers: threads of the local scheduler.
         labels: for an OME-Zarr output (``NAME.ome.zarr``), also write the argmax as its labels group.
+        starting: called once every input has been checked, before the first block is predicted.
 
     Returns:
         dict with blocks (total), computed, skipped, tile, shape, output and seconds.
@@ -378,6 +379,8 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     try:
         done = prepare_output(output_path, settings, layout, resume, overwrite)
         job = Job(model_path, device, input_spec, output_path, shape, block, tile, pad, batch, output_format, labels)
+        if starting is not None:
+            starting()
         return _predict_blocks(job, done, progress, scheduler, client, workers)
     finally:
         if client is not None:

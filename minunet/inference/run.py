@@ -77,10 +77,11 @@ def check_tile_memory(model, tile, batch, device):
                         f"on {device}; use --tile {fits} or less, or a smaller --batch")
 
 
-def predict_to_file(request, progress=None):
+def predict_to_file(request, progress=None, starting=None):
     """Run a :class:`Request`; returns a one-line description of what was written.
 
-    ``progress(done, total)`` follows the tiles.
+    ``progress(done, total)`` follows the tiles; ``starting()`` is called once every input has been
+    checked, just before the first forward pass (where a command says that kernels compile).
     """
     r = request
     ngff = ome_zarr.is_output(r.output_spec)
@@ -111,6 +112,8 @@ def predict_to_file(request, progress=None):
         tiling.check_stride(model, tile, h, w)
     except UserError as err:
         raise UserError(f"--tile: {err}") from None
+    if starting is not None:
+        starting()
     probs = tiling.predict_stack(model, stack, tile=tile, pad=pad, batch=r.batch, tta=r.tta, progress=progress)
     meta = dict(model=str(r.model_path), input=str(r.input_spec), tile=tile, pad=pad, tta=r.tta)
     settings = f"(tile {tile}, pad {pad}{f', tta {int(r.tta)}' if int(r.tta) > 1 else ''}, device {r.device})"

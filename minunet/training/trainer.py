@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet.data.datafile import open_dataset
 from minunet.data.sampler import TileSampler
-from minunet.data.slices import format_slices, select_slices
 from minunet.engine import functional as F
 from minunet.engine.autograd import Tensor
 from minunet.engine.devices import resolve_device, to_device
@@ -29,12 +27,13 @@ from minunet.formatting import fmt
 from minunet.model import geometry
 from minunet.model.checkpoint import generator_state, load_checkpoint, load_weights, restore_generator, save_checkpoint
 from minunet.model.unet import UNet
-from minunet.training.config import DEFAULT_AUX_WEIGHT, DEFAULT_LR, TrainResult
+from minunet.training.config import DEFAULT_LR, TrainResult
 from minunet.training.distributed import SingleProcess
 from minunet.training.memory import check_memory
 from minunet.training.provenance import file_sha256, jsonable, versions
+from minunet.training.setup import aux_levels, open_training_data
 from minunet.training.signals import install_handlers, restore_handlers, stop_after_signal
-from minunet.training.supervision import IGNORE, coarse_index, coarse_targets
+from minunet.training.supervision import IGNORE, coarse_targets
 from minunet.training.validation import ADVICE, BASELINE_MARGIN, Validation, degenerate_reason
 
 SAMPLER_STREAM = 2               # the sampler's seed: SeedSequence([seed, SAMPLER_STREAM]) of the run's seed
@@ -87,7 +86,8 @@ class Trainer:
             raise UserError(f"--val-every {config.val_every}: must be at least 1")
         self.config = config
 
-        self.data_info = self._open_data(config)
+        self.data_info, self.train_slices, self.val_slices = open_training_data(config)
+        self.n_slices, self.classes = self.data_info.n_slices, config.classes
         self.geometry = _geometry(config)
 
         self.model = UNet(depth=config.depth, width=config.width, in_channels=1, classes=self.classes,
@@ -99,7 +99,7 @@ class Trainer:
             self.optimizer = SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
             self.optimizer = Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.aux = self._aux_levels(config)
+        self.aux = aux_levels(config, self.geometry)
         sampler_seed = int(np.random.SeedSequence([config.seed, SAMPLER_STREAM]).generate_state(1)[0])
         self.sampler = sampler or TileSampler(config.data, self.train_slices, self.geometry.input_size,
                                               self.geometry.output_size, augment=config.augment,
@@ -131,63 +131,6 @@ class Trainer:
             raise UserError(f"{self.out} already holds a run (checkpoint.h5); add --resume to continue it "
                             f"or choose another --out")
         return dataclasses.replace(config)
-
-    def _open_data(self, config):
-        path = Path(config.data)
-        if not path.is_file():
-            raise UserError(f"--data {path}: no such file; make one with `minunet data convert` "
-                            f"or `minunet data synth -o demo.h5`")
-        try:
-            info = open_dataset(path)
-        except UserError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError) as err:
-            raise UserError(f"--data {path}: not a readable minunet data file ({err}); make one with "
-                            f"`minunet data convert`") from None
-        n_slices, n_classes = info.n_slices, info.n_classes
-        self.n_slices = n_slices
-        if config.classes is None:
-            config.classes = n_classes
-        elif config.classes < n_classes:
-            raise UserError(f"--classes {config.classes}: {path} has labels of {n_classes} classes; "
-                            f"use --classes {n_classes} or more")
-        self.classes = config.classes
-        if config.val_slices is None:
-            n_val = n_slices // 5
-            config.val_slices = format_slices(range(n_slices - n_val, n_slices)) if n_val else "none"
-        val = [] if str(config.val_slices).lower() == "none" else select_slices(config.val_slices, n_slices, "--val-slices")
-        if config.train_slices is None:
-            train = [s for s in range(n_slices) if s not in set(val)]
-            config.train_slices = format_slices(train)
-        else:
-            train = select_slices(config.train_slices, n_slices, "--train-slices")
-        if not train:
-            raise UserError(f"--train-slices: no slices left to train on ({path} has {n_slices}); "
-                            f"choose fewer --val-slices")
-        self.train_slices, self.val_slices = train, val
-        if config.tile is None:
-            config.tile = geometry.nearest_valid(572, config.depth, config.up_kernel)[0]
-        return info
-
-    def _aux_levels(self, config):
-        """Index maps and loss weights of each deep-supervision level (deepest first)."""
-        if not config.deep_supervision:
-            if config.aux_weights:
-                raise UserError("--aux-weights needs --deep-supervision")
-            return []
-        sizes = self.geometry.decoder_sizes[:-1]
-        if not sizes:
-            raise UserError(f"--deep-supervision needs --depth 3 or more (got {config.depth})")
-        weights = config.aux_weights
-        if weights is None:
-            weights = [DEFAULT_AUX_WEIGHT] * len(sizes)
-        if len(weights) != len(sizes):
-            raise UserError(f"--aux-weights: give {len(sizes)} weights (one per coarse level of a depth-"
-                            f"{config.depth} network, deepest first), not {len(weights)}")
-        config.aux_weights = [float(w) for w in weights]
-        out = self.geometry.output_size
-        return [(coarse_index(s, len(sizes) - i, out, config.up_kernel), w)
-                for i, (s, w) in enumerate(zip(sizes, config.aux_weights))]
 
     def _config_record(self, resume):
         """config.json's new content; written by :meth:`save` once this session has a checkpoint, so
