@@ -81,14 +81,14 @@ def predict(input_spec, model_path, output, device, tile, batch, pad, tta, outpu
     class probabilities by default (channel axis c), --labels adds the class map as its labels
     group. An OME-Zarr INPUT is read at full resolution. See docs/interop.md.
     """
-    from minunet.inference import blockwise
+    from minunet.inference import volume_stores
     from minunet.inference.run import Request, predict_to_file
 
     device, tta = resolve_device(device), int(tta)
-    if segment and (output_format or blockwise.wants_blockwise(input_spec, output)):
+    if segment and (output_format or volume_stores.wants_blockwise(input_spec, output)):
         raise UserError("--segment: writes a label image of its own; drop --output-format "
                         "(and use a .tif or .h5 OUTPUT)")
-    if blockwise.wants_blockwise(input_spec, output):
+    if volume_stores.wants_blockwise(input_spec, output):
         _predict_blockwise(input_spec, model_path, output, device, tile, batch, pad, tta, output_format,
                            force, scheduler, block, resume, quiet, labels)
         return

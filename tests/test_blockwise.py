@@ -9,7 +9,7 @@ zarr = pytest.importorskip("zarr")
 
 from minunet.data.datafile import normalize  # noqa: E402
 from minunet.errors import UserError  # noqa: E402
-from minunet.inference import blockwise, tiling  # noqa: E402
+from minunet.inference import blockwise, tiling, volume_stores  # noqa: E402
 from minunet.model.checkpoint import load_model, save_checkpoint  # noqa: E402
 from minunet.model.unet import UNet  # noqa: E402
 from tests.backends import fast_device  # noqa: E402
@@ -89,7 +89,7 @@ def test_resume_skips_finished_blocks(tmp_path, model_path, rng):
 
     out = zarr.open_array(str(out_path), mode="r+")
     out[0, 0:40, 40:80] = 0                                  # block 0.0.1: data lost, marker removed
-    os.remove(out_path / blockwise.DONE_DIR / "0.0.1")
+    os.remove(out_path / volume_stores.DONE_DIR / "0.0.1")
     out[0, 40:70, 0:40] = 7                                  # block 0.1.0: marker kept -> must be skipped
     result = run(model_path, spec, out_path, resume=True)
     assert (result["computed"], result["skipped"]) == (1, 5)
@@ -147,8 +147,8 @@ def test_clear_errors(tmp_path, model_path, rng):
     assert (tmp_path / "plain.zarr").is_dir()
     with pytest.raises(UserError, match="writes a Zarr store; name the output NAME.zarr"):
         run(model_path, spec, tmp_path / "out.tif")
-    assert blockwise.wants_blockwise("em.zarr", "x.tif") and blockwise.wants_blockwise("em.h5:/raw", "o.zarr")
-    assert not blockwise.wants_blockwise("em.h5:/raw", "o.h5") and not blockwise.wants_blockwise("a.tif", "b.tif")
+    assert volume_stores.wants_blockwise("em.zarr", "x.tif") and volume_stores.wants_blockwise("em.h5:/raw", "o.zarr")
+    assert not volume_stores.wants_blockwise("em.h5:/raw", "o.h5") and not volume_stores.wants_blockwise("a.tif", "b.tif")
     import h5py
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["other"] = np.zeros((4, 4))

@@ -31,9 +31,7 @@ and see the model, input and output paths (a shared file system); each worker pr
 model once (:func:`cached_model`). Dask, distributed and zarr (v3 API) are imported lazily:
 ``pip install minunet[dask]``. See docs/scaling.md.
 """
-import contextlib
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -43,140 +41,15 @@ import numpy as np
 
 from minunet.data.padding import check_pad, mirror_index
 from minunet.errors import UserError
-from minunet.files.specs import is_zarr, parse_spec
 from minunet.inference import ome_zarr, outputs, tiling
+from minunet.inference.volume_stores import DONE_DIR, open_volume, output_layout, prepare_output, require, split_spec
 from minunet.model import geometry
 
-DONE_DIR = ".minunet-done"          # completion markers, one empty file per finished block
 BASELINE_BYTES = 400 << 20          # a worker process without data: Python, NumPy, Numba, Dask, zarr
 
 _MODELS = {}                        # per process: (path, mtime, device) -> UNet
 _MODELS_LOCK = threading.Lock()
 _COMPUTE_LOCK = threading.Lock()    # one forward pass at a time per process
-
-
-def _require(module):
-    """Import an optional dependency, or a UserError naming the extra to install."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"block-wise prediction needs {module.split('.')[0]}; "
-                        "install it with: pip install 'minunet[dask]'") from None
-
-
-# ---------------------------------------------------------------------- input and output stores
-
-def wants_blockwise(input_spec, output):
-    """Whether ``minunet predict INPUT -o OUTPUT`` is block-wise: a Zarr or HDF5 volume into a Zarr
-    output, or a plain Zarr input. Images from TIFF or PNG files go into any output in memory, and so
-    does an OME-Zarr image into a file."""
-    zarr_in, zarr_out = is_zarr(input_spec), is_zarr(output)
-    if zarr_out:
-        return parse_spec(input_spec).kind != "file"
-    return zarr_in and not ome_zarr.is_ome_zarr(input_spec)
-
-
-def split_spec(spec):
-    """(kind, path, dataset) of an input: ``x.h5[:/raw]`` -> hdf5, ``x.zarr[:/array]`` or a folder -> zarr."""
-    path, kind, dataset = parse_spec(spec)
-    if kind == "hdf5":
-        return "hdf5", path, dataset or "/raw"
-    return "zarr", path, dataset
-
-
-def open_volume(spec):
-    """The input as a lazy ``dask.array`` (H, W) or (Z, H, W) in its stored dtype, and a closer.
-
-    Nothing is read until a slice is computed. UserError for a missing store or dataset, or a
-    shape that is not one grayscale image or volume.
-    """
-    da = _require("dask.array")
-    kind, path, name = split_spec(spec)
-    if not path.exists():
-        raise UserError(f"{spec}: no such {'HDF5 file' if kind == 'hdf5' else 'Zarr store'}; "
-                        "check the path (an HDF5 dataset is written file.h5:/raw)")
-    if kind == "hdf5":
-        from minunet.data.imageio import hdf5_dataset
-        files = contextlib.ExitStack()
-        ds = files.enter_context(hdf5_dataset(path, name))     # checked: no links, external or virtual data
-        array = da.from_array(ds, chunks=ds.chunks or "auto", lock=True, asarray=False)
-        close = files.close
-    elif name is None and ome_zarr.is_ome_zarr(path):     # its full-resolution level, singleton t/c dropped
-        array, close = ome_zarr.open_volume(path), lambda: None  # noqa: E731
-    else:
-        zarr = _require("zarr")
-        try:
-            z = zarr.open_array(store=str(path), path=(name or "").strip("/"), mode="r")
-        except Exception as err:
-            hint = "" if name else f"; if it is a group, name the array as {path}:/NAME"
-            raise UserError(f"{spec}: not a readable Zarr array ({type(err).__name__}){hint}") from None
-        array = da.from_zarr(z)
-        close = lambda: None  # noqa: E731 - zarr holds no open file
-    if array.ndim not in (2, 3):
-        close()
-        raise UserError(f"{spec}: shape {tuple(array.shape)} is neither an image (H, W) nor a volume "
-                        "(Z, H, W); store one grayscale channel, slices along the first axis")
-    return array, close
-
-
-def output_layout(shape, classes, block, output_format):
-    """(shape, chunks, dtype) of the output array for an input of ``shape`` (H, W) or (Z, H, W)."""
-    out_shape, dtype = outputs.output_layout(shape, classes, output_format)
-    square = (min(block, shape[-2]), min(block, shape[-1]))
-    chunks = (1,) * (len(out_shape) - 2) + square
-    if output_format == "probs":
-        chunks = chunks[:-3] + (classes,) + square
-    return out_shape, chunks, dtype
-
-
-def _is_zarr_store(path):
-    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def prepare_output(output_path, settings, layout, resume, overwrite):
-    """Create (or, with ``resume``, reopen) the output array; the set of finished block names.
-
-    An existing output is refused without ``overwrite`` or ``resume``; ``resume`` also refuses one
-    written with different settings. ``overwrite`` deletes only something that is a Zarr store.
-    """
-    zarr = _require("zarr")
-    path = Path(output_path)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    if path.exists():
-        if not _is_zarr_store(path):
-            raise UserError(f"-o {path}: exists and is not a Zarr store; choose another name "
-                            "(minunet deletes only its own outputs)")
-        if resume:
-            try:
-                previous = dict(zarr.open(store=str(path), mode="r").attrs).get("minunet", {})
-            except Exception:
-                previous = {}
-            differs = [f"{k} {previous.get(k)!r} vs {v!r}" for k, v in settings.items()
-                       if k in RESUME_KEYS and previous.get(k) != v]
-            if differs:
-                raise UserError(f"-o {path}: cannot resume, it was written with other settings "
-                                f"({'; '.join(differs)}); pass --overwrite to start again")
-            done_dir = path / DONE_DIR
-            return set(os.listdir(done_dir)) if done_dir.is_dir() else set()
-        if not overwrite:
-            raise UserError(f"-o {path}: output exists; pass --resume to finish it or --overwrite "
-                            "to start again")
-        shutil.rmtree(path)
-    if not path.parent.is_dir():
-        raise UserError(f"-o {path}: output folder {path.parent} does not exist; create it first")
-    if callable(layout):                      # an OME-Zarr image: ome_zarr.create
-        layout(path, settings)
-    else:
-        shape, chunks, dtype = layout
-        zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                          attributes={"minunet": settings})
-    (path / DONE_DIR).mkdir()
-    return set()
-
-
-RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format", "labels")
 
 
 # ---------------------------------------------------------------------- one block
@@ -244,7 +117,7 @@ def block_name(z, by, bx):
 
 def predict_block(job, z, by, bx):
     """Predict one block and write it, then its marker; returns its name. Runs on a worker."""
-    zarr = _require("zarr")
+    zarr = require("zarr")
     model = cached_model(job.model_path, job.device)
     geo = model.geometry(job.tile)
     stride = tiling.tile_stride(model, job.tile)
@@ -332,7 +205,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
     if not str(output_path).rstrip("/").lower().endswith(".zarr"):
         raise UserError(f"-o {output_path}: block-wise prediction writes a Zarr store; "
                         "name the output NAME.zarr")
-    _require("dask")
+    require("dask")
     model_path, output_path = os.path.abspath(model_path), os.path.abspath(output_path)
     _, path, name = split_spec(input_spec)
     input_spec = str(path.resolve()) + (f":{name}" if name else "")
@@ -420,7 +293,7 @@ def _connect(scheduler):
             raise UserError(f"--scheduler {scheduler}: use local, synchronous or a dask.distributed "
                             "address such as tcp://host:8786")
         return None
-    distributed = _require("distributed")
+    distributed = require("distributed")
     try:
         return distributed.Client(scheduler, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as err:
