@@ -223,3 +223,29 @@ def test_a_refused_start_leaves_the_folder_as_it_was(data_file, tmp_path, capsys
             folders=[tmp_path])
     refused(["train", "--data", tmp_path / "missing.h5", "--out", tmp_path, *SMALL], capsys, "missing.h5",
             folders=[tmp_path])
+
+
+def test_a_second_signal_lost_in_a_finaliser_still_stops_the_run(capsys):
+    """Python drops an exception raised inside ``__del__`` (Numba's compiler runs many): the second
+    signal's SecondSignal reaches the main thread anyway, with no traceback printed."""
+    from minunet.training.signals import SecondSignal, install_handlers, restore_handlers
+
+    class StoppingRun:
+        stop_signal, echo = signal.SIGTERM, None       # the first signal has arrived
+
+    class Finaliser:
+        def __del__(self):
+            raise SecondSignal(signal.SIGTERM)
+
+    previous = install_handlers(StoppingRun())
+    try:
+        with pytest.raises(SecondSignal) as stopped:
+            Finaliser()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert stopped.value.signum == signal.SIGTERM
+    finally:
+        restore_handlers(previous)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

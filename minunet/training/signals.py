@@ -2,8 +2,13 @@
 
 A second signal aborts at once with :class:`SecondSignal`, which carries the signal's number so
 that the command exits with 128 + signum (130 for SIGINT, 143 for SIGTERM), as shells expect.
+Python drops an exception raised inside a finaliser (``__del__``, which Numba's compiler runs
+often), printing a traceback instead; such a SecondSignal is delivered again in the main thread.
 """
+import _thread
 import signal
+import sys
+import threading
 
 
 class SecondSignal(KeyboardInterrupt):
@@ -28,11 +33,28 @@ def install_handlers(trainer):
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:                                   # not the main thread
-        pass
+        return previous
+    previous["unraisablehook"] = sys.unraisablehook
+    sys.unraisablehook = _redeliver_second_signal(sys.unraisablehook)
     return previous
 
 
+def _redeliver_second_signal(hook):
+    """An unraisable-exception hook that sends a SecondSignal lost in a finaliser to the main thread
+    again (from another thread, once the finaliser has returned); anything else goes to ``hook``."""
+    def unraisable(args):
+        if isinstance(args.exc_value, SecondSignal):
+            threading.Timer(0.001, _thread.interrupt_main, (args.exc_value.signum,)).start()
+        else:
+            hook(args)
+    return unraisable
+
+
 def restore_handlers(previous):
+    """Put back the handlers (and the unraisable-exception hook) :func:`install_handlers` replaced."""
+    previous = dict(previous)
+    if "unraisablehook" in previous:
+        sys.unraisablehook = previous.pop("unraisablehook")
     for sig, handler in previous.items():
         signal.signal(sig, handler)
 
