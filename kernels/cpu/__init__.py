@@ -61,7 +61,7 @@ def _start_threads():
     if user_spin is None:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
-        from numba.np.ufunc import parallel
+        from numba.np.ufunc import parallel  # private Numba API, guarded
         parallel._launch_threads()
     except (ImportError, AttributeError):      # pragma: no cover - Numba moved it: threads start lazily
         return
