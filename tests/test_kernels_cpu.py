@@ -17,6 +17,7 @@ from .kernel_checks import DTYPES, OPTIMISER_SHAPES, assert_close, conv_grad_sca
 cpu = pytest.importorskip("minunet.kernels.cpu")
 from minunet.kernels.cpu import conv as cpu_conv  # noqa: E402
 from minunet.kernels.cpu import direct as cpu_direct  # noqa: E402
+from minunet.kernels.cpu import direct_weight_grad as cpu_direct_weight_grad  # noqa: E402
 
 
 @pytest.mark.gradcheck
@@ -47,8 +48,8 @@ def test_first_layer_weight_grad(rng, monkeypatch, case, dtype):
     that reads gy and the ReLU mask directly; from more channels, the padded path. Both against
     the reference, with and without the mask."""
     calls = []
-    real = cpu_direct.masked_weight_grad
-    monkeypatch.setattr(cpu_direct, "masked_weight_grad", lambda *a: calls.append(a) or real(*a))
+    real = cpu_direct_weight_grad.masked_weight_grad
+    monkeypatch.setattr(cpu_direct_weight_grad, "masked_weight_grad", lambda *a: calls.append(a) or real(*a))
     n, c, k, h, w = case
     for channels, fused in [(c, True), (cpu_conv.current().few_inputs_no_gx + 1, False)]:
         calls.clear()

@@ -9,6 +9,7 @@ single fused Numba passes (``@njit(parallel=True, cache=True)``). One module per
     conv.py         valid convolution, forward (bias + ReLU epilogue) and backward (ReLU mask fused)
     dispatch.py     which path computes each convolution: the measured thresholds, in one object
     direct.py       the direct 3x3 convolution: register-blocked micro-kernels in LLVM IR (from conv.py)
+    direct_weight_grad.py  its weight gradient: an LLVM IR reduction, and the first layer's masked one
     winograd.py     the 3x3 convolution by Winograd's F(2x2, 3x3), all three directions (from conv.py)
     winograd4.py    Winograd's F(4x4, 3x3): the forward and the input gradient from 64 channels
     vector_width.py 512-bit vectors for the kernels that ask for them
@@ -60,7 +61,7 @@ def _start_threads():
     if user_spin is None:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
-        from numba.np.ufunc import parallel
+        from numba.np.ufunc import parallel  # private Numba API, guarded
         parallel._launch_threads()
     except (ImportError, AttributeError):      # pragma: no cover - Numba moved it: threads start lazily
         return

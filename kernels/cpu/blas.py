@@ -43,7 +43,7 @@ def _own_openblas():
     if os.environ.get("MINUNET_BLAS") == "scipy":
         return None
     try:
-        import scipy_openblas32
+        import scipy_openblas32  # else SciPy's BLAS (or MINUNET_BLAS=scipy)
     except ImportError:
         return None
     lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True)))

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv2d_output_hw
-from . import buffers, direct, winograd, winograd4
+from . import buffers, direct, direct_weight_grad, winograd, winograd4
 from .blas import WORKERS, gemm, parallel_for
 from .dispatch import current
 
@@ -192,7 +192,7 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     gy = np.ascontiguousarray(gy, dtype=dtype)
     y = None if y is None else np.ascontiguousarray(y)
     if not need_gx and kh == kw == 3 and c <= current().few_inputs_no_gx:
-        gw, gb = direct.masked_weight_grad(x, gy, y)
+        gw, gb = direct_weight_grad.masked_weight_grad(x, gy, y)
         return None, gw, gb
     mask = y if y is not None else gy
     gb = np.empty(k, dtype=dtype)
@@ -213,7 +213,7 @@ def conv2d_backward(x, w, gy, y=None, need_gx=True):
     if gw_path == "winograd":
         gw = winograd.conv3x3_weight_grad(x, gy_pad)
     elif gw_path == "direct":
-        gw = direct.weight_grad(x, gy_pad)
+        gw = direct_weight_grad.weight_grad(x, gy_pad)
     else:
         gw = _gemm_weight_grad(x, w, gy_wide)
     gx = None

@@ -16,6 +16,8 @@ attributes are appended by a subclass of its attribute set. Should a future llvm
 class, the intrinsic does nothing (``ENABLED`` is then False) and the kernels stay correct at
 256 bits; tests/test_kernels_cpu.py checks which one this build gets.
 """
+import numba
+from llvmlite import binding, ir
 from numba import types
 from numba.extending import intrinsic
 
@@ -65,7 +67,6 @@ def _widen(function):
 def _probe():
     """Whether this llvmlite lets ``_widen`` print the attributes (checked once, on a scratch function)."""
     try:
-        from llvmlite import ir
         module = ir.Module()
         function = ir.Function(module, ir.FunctionType(ir.VoidType(), []), "probe")
         return _widen(function) and all(a in str(function) for a in _ATTRIBUTES)
@@ -79,9 +80,6 @@ ENABLED = _probe()
 def host_has_avx512():
     """Whether Numba compiles with AVX-512: its feature list (``NUMBA_CPU_FEATURES`` if set, else
     the host's, whatever ``NUMBA_CPU_NAME`` says, as Numba's own codegen decides)."""
-    import numba
-    from llvmlite import binding
-
     if numba.config.CPU_FEATURES is not None:
         return "+avx512f" in numba.config.CPU_FEATURES.split(",")
     try:

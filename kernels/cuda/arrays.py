@@ -34,7 +34,7 @@ def available():
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), NumPy arrays"
     missing = []
     try:
-        import cupy
+        import cupy  # optional: the cuda extra
     except ImportError:
         cupy = None
         missing.append("cupy")
@@ -60,7 +60,7 @@ def require():
 def array_module():
     """CuPy on a GPU, NumPy under the simulator (and, for inspection only, without a GPU)."""
     if available()[0] and not SIMULATOR:
-        import cupy
+        import cupy  # optional: the cuda extra
         return cupy
     return np
 
@@ -83,7 +83,7 @@ def synchronize():
     """Wait for every kernel queued on CuPy's current stream (for timing; a no-op in the simulator)."""
     require()
     if not SIMULATOR:
-        import cupy
+        import cupy  # optional: the cuda extra
         cupy.cuda.get_current_stream().synchronize()
 
 
@@ -114,7 +114,7 @@ def launch(kernel, grid, block, *args):
     if SIMULATOR:
         kernel[grid, block](*args)
         return
-    import cupy
+    import cupy  # optional: the cuda extra
     stream = _numba_stream(cupy.cuda.get_current_stream().ptr)
     kernel[grid, block, stream](*[_device_view(a) for a in args])
 

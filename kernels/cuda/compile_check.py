@@ -27,15 +27,17 @@ import types
 from pathlib import Path
 
 import numba
+import numba.cuda.dispatcher as dispatcher
 import numpy as np
 from numba import cuda
+
+import minunet.kernels.cuda as kc
+
+from . import arrays, conv, elementwise, loss, optim, pool, upconv
 
 
 def specialisations():
     """[(name, kernel, argument types)] of every kernel launch the contract makes, float32 and float64."""
-    import minunet.kernels.cuda as kc
-
-    from . import arrays, conv, elementwise, loss, optim, pool, upconv
     seen = {}
 
     def record(kernel, grid, block, *args):
@@ -185,7 +187,6 @@ def main(argv=None):
     if args.device:
         rows = device_report()
     else:
-        import numba.cuda.dispatcher as dispatcher
         cc = tuple(int(v) for v in args.cc.split("."))
         dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)   # device functions
         rows = offline_report(cc)

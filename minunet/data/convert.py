@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet import __version__
 from minunet.data import imageio
 from minunet.data.datafile import ATTRIBUTES, FORMAT_VERSION, RAW_DTYPES, check_finite, default_class_names
 from minunet.errors import UserError
@@ -156,8 +157,6 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
     The file is written under a temporary name and renamed at the end: on any error nothing is
     left behind. Returns the output Path.
     """
-
-    from minunet.data import weights as wm
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: output exists; use --force to overwrite it or choose another name")
@@ -215,6 +214,7 @@ def convert(images, labels, out, classes=None, class_names=None, w0=10.0, sigma=
             ids = lut_ids[np.searchsorted(lut_values, lab.astype(np.int64))]
             lab_ds[i] = ids
             counts += np.bincount(ids.ravel(), minlength=n_classes)
+        from minunet.data import weights as wm  # heavy (Numba, scipy.ndimage): labelled data only
         cw = wm.class_weights(counts)
         w_ds = f.create_dataset("weights", raw_ds.shape, dtype=np.float32, chunks=raw_ds.chunks, fletcher32=True)
         for i in progress(range(n), "weight maps", n):
@@ -240,8 +240,6 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
 
     Used by ``data synth`` and tests; weights are computed as in :func:`convert`.
     """
-
-    from minunet.data import weights as wm
     out = Path(out)
     raw = np.asarray(raw)
     dtype = _raw_dtype(raw, out)
@@ -251,6 +249,7 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
         chunks = (1, min(raw.shape[1], CHUNK), min(raw.shape[2], CHUNK))
         f.create_dataset("raw", data=raw.astype(dtype, copy=False), chunks=chunks, fletcher32=True)
         if labels is not None:
+            from minunet.data import weights as wm  # heavy (Numba, scipy.ndimage): labelled data only
             labels = np.asarray(labels, np.uint8)
             counts = np.bincount(labels.ravel(), minlength=n_classes)[:n_classes]
             cw = wm.class_weights(counts)
@@ -270,5 +269,4 @@ def save_arrays(out, raw, labels=None, n_classes=2, class_names=None, w0=10.0, s
 
 
 def _created_by():
-    from minunet import __version__
     return f"minunet {__version__}"

@@ -22,7 +22,10 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
+import tifffile
+from PIL import Image
 
 from minunet.errors import UserError
 from minunet.files.hdf5 import open_h5
@@ -118,7 +121,6 @@ def _quiet_tifffile():
 
 def _tiff_layout(path):
     """The :class:`Layout` a TIFF declares (its first series), read from its headers only."""
-    import tifffile
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -134,7 +136,6 @@ def _tiff_layout(path):
 
 def _png_layout(path):
     """The :class:`Layout` a PNG declares in its header."""
-    from PIL import Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the memory check decides
@@ -163,7 +164,6 @@ def check_decodable(path, layout):
 @contextlib.contextmanager
 def hdf5_dataset(path, name):
     """An HDF5 input opened through the checked reader: yields the dataset (H,W) or (N,H,W)."""
-    import h5py
     if not path.exists():
         raise UserError(f"{path}: no such file")
     fix = f"store the image as a plain dataset and give it as {path}:/NAME"
@@ -233,7 +233,6 @@ def _to_gray(array, source, rgb):
 
 
 def _read_png(path, rgb):
-    from PIL import Image
     check_decodable(path, _png_layout(path))
     try:
         with warnings.catch_warnings(), Image.open(path) as im:
@@ -261,7 +260,6 @@ def _read_png(path, rgb):
 
 def _read_tiff(path, rgb):
     """All slices of one TIFF as (N,H,W), once its declared size has been checked against memory."""
-    import tifffile
     check_decodable(path, _tiff_layout(path))
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:

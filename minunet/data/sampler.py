@@ -3,13 +3,16 @@
 Tiles are read lazily from the file (one crop per sample, never the whole stack), so stacks
 larger than memory work; worker processes can prepare the next tiles while a step runs.
 """
+import concurrent.futures as cf
 import contextlib
 import math
+import multiprocessing as mp
 import os
 import signal
 import threading
 import time
 
+import h5py
 import numpy as np
 
 from minunet.data import augment as aug
@@ -56,7 +59,6 @@ class TileSampler:
     """
 
     def __init__(self, path, slices, in_size, out_size, augment=True, pad="mirror", seed=0, workers=0, rank=0):
-        import h5py
         self.info = open_dataset(path)
         if not self.info.has_labels:
             raise UserError(f"{path}: no /labels (converted with --no-labels); convert it with labels to train")
@@ -172,8 +174,6 @@ class TileSampler:
         """Sample k from the worker pool, keeping 2 x workers samples in flight ahead of it."""
         starting = self._pool is None
         if starting:
-            import concurrent.futures as cf
-            import multiprocessing as mp
             self._pool = cf.ProcessPoolExecutor(self.workers, mp.get_context("spawn"),
                                                 initializer=_worker_init,
                                                 initargs=(os.getpid(), self.rank) + self._args)

@@ -5,6 +5,9 @@
 ``cuda`` when a GPU is usable and ``cpu`` otherwise, never Numba's CUDA simulator, which is a
 correctness tool hundreds of times slower than the CPU backend.
 """
+import ctypes.util
+import os
+
 import numpy as np
 
 from minunet.errors import UserError
@@ -16,8 +19,6 @@ DEVICES = ("auto", "cpu", "cuda", "reference")
 def _no_gpu_driver():
     """True when this machine has no NVIDIA driver at all: no need to import the CUDA stack (over
     2 s of a CPU-only ``minunet predict``'s start-up) to learn that ``auto`` means the CPU."""
-    import ctypes.util
-    import os
     driver = os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
     return not driver and ctypes.util.find_library("cuda") is None
 
@@ -25,7 +26,7 @@ def _no_gpu_driver():
 def cuda_status():
     """(usable, description): whether CUDA kernels can run here, and the GPU or what is missing."""
     try:
-        from minunet.kernels import cuda
+        from minunet.kernels import cuda  # heavy and optional: the CUDA stack (2-3 s)
         return cuda.available()
     except Exception as err:                  # a broken CUDA install must not break the CPU path
         return False, f"the CUDA backend cannot be loaded ({err})"

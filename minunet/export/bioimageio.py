@@ -28,9 +28,16 @@ import zipfile
 from datetime import datetime, timezone
 
 import numpy as np
+import tifffile
+from PIL import Image
 
+from minunet.data.datafile import normalize
+from minunet.engine import functional as F
+from minunet.engine.autograd import Tensor, no_grad
 from minunet.errors import UserError
 from minunet.export import model_card, onnx_graph
+from minunet.files.atomic import atomic_path
+from minunet.kernels import get_backend
 
 # 0.5.4 rather than the newest: bioimageio.spec releases from 0.5.3.6 on read it (checked by hand), and
 # every field used here exists in it; it requires authors and a license, which the newest makes optional.
@@ -104,9 +111,6 @@ def preprocessing(dtype):
 
 def forward(model, x, output="probabilities"):
     """minunet's own output (N, K, h, w) float32 for a normalised input batch (N, C, H, W)."""
-    from minunet.engine import functional as F
-    from minunet.engine.autograd import Tensor, no_grad
-    from minunet.kernels import get_backend
     model.eval()
     with no_grad():
         scores = model(Tensor(get_backend(model.device).asarray(np.ascontiguousarray(x, np.float32)),
@@ -120,7 +124,6 @@ def cover_png(image, prediction, offset, output):
 
     Two classes show class 1's probability in gray; more show the class map in colour.
     """
-    from PIL import Image
     field = image[0, 0, offset:image.shape[2] - offset, offset:image.shape[3] - offset].astype(np.float64)
     span = field.max() - field.min()
     left = np.uint8(np.round(255 * (field - field.min()) / (span if span > 0 else 1)))
@@ -132,7 +135,7 @@ def cover_png(image, prediction, offset, output):
         right = np.uint8(np.round(255 * scores[1]))
         pair = np.concatenate([left, right], axis=1)
     else:
-        from matplotlib import colormaps
+        from matplotlib import colormaps  # heavy, and only for more than two classes
         palette = np.uint8(255 * colormaps["tab20"](np.arange(20))[:, :3])
         right = palette[scores.argmax(axis=0) % 20]
         pair = np.concatenate([np.repeat(left[..., None], 3, axis=2), right], axis=1)
@@ -152,7 +155,6 @@ def npy_bytes(array):
 
 def tiff_bytes(array):
     """An array as a TIFF with its full shape (the format's sample tensors are images, not .npy)."""
-    import tifffile
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, array, photometric="minisblack", metadata={"axes": "QCYX"})
     return buffer.getvalue()
@@ -225,9 +227,8 @@ def build_package(model, checkpoint, sample_raw, info, output="probabilities", o
         output, opset: as :func:`minunet.export.onnx_graph.build`.
         sample: how errors about the sample name it.
     """
-    import yaml
+    import yaml  # optional: the export extra
 
-    from minunet.data.datafile import normalize
     check_info(info)
     rule = onnx_graph.tile_rule(model.depth, model.up_kernel)
     tile = test_tile(rule, *np.shape(sample_raw)[-2:], sample=sample)
@@ -249,7 +250,6 @@ def build_package(model, checkpoint, sample_raw, info, output="probabilities", o
 
 def write_zip(path, files, force=True):
     """Write the package atomically (temporary file, then one rename); rdf.yaml first."""
-    from minunet.files.atomic import atomic_path
     with atomic_path(path, force) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(files, key=lambda n: n != "rdf.yaml"):

@@ -22,6 +22,7 @@ import numpy as np
 
 from minunet import __version__
 from minunet.errors import UserError
+from minunet.files.atomic import atomic_path
 from minunet.model import geometry
 
 OUTPUTS = ("probabilities", "logits")
@@ -35,7 +36,7 @@ _TO_END = np.iinfo(np.int64).max     # Slice end meaning "to the end of the axis
 def require_onnx():
     """The onnx module, or a UserError naming the extra to install."""
     try:
-        import onnx
+        import onnx  # optional: the export extra
     except ImportError:
         raise UserError("minunet export needs the onnx package; install it with: "
                         "pip install 'minunet[export]'") from None
@@ -184,7 +185,6 @@ def build(model, output="probabilities", opset=MIN_OPSET):
 
 def save(proto, path, force=True):
     """Write a ModelProto to ``path`` atomically (temporary file, then one rename)."""
-    from minunet.files.atomic import atomic_path
     onnx = require_onnx()
     with atomic_path(path, force) as tmp:
         onnx.save_model(proto, str(tmp))

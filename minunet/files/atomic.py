@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from minunet.errors import UserError
 from minunet.files.oserrors import reason, where, write_error
 from minunet.files.reserved import ReservedFile
@@ -101,7 +103,7 @@ def atomic_h5_file(path, nbytes=0, force=True, option="-o", keep_existing=False)
     or a crash in the HDF5 library. ``keep_existing``: start from a copy of ``path`` (its other
     datasets are kept).
     """
-    import h5py
+    import h5py  # lazy: `minunet predict --help` imports this module
     path = Path(path)
     reserve = h5_size_bound(nbytes)
     existing = path.stat().st_size if keep_existing else 0
@@ -133,8 +135,7 @@ def write_tiff_atomic(path, array, **kwargs):
     Extra kwargs go to ``tifffile.imwrite`` (e.g. ``compression="zlib"``); grayscale pages
     (``minisblack``) unless a ``photometric`` is given, so a 3-slice stack is never taken for RGB.
     """
-    import numpy as np
-    import tifffile
+    import tifffile  # lazy: `minunet predict --help` imports this module
     kwargs.setdefault("photometric", "minisblack")
     array = np.asarray(array)
     with atomic_path(path, reserve=array.nbytes + (1 << 20)) as tmp:

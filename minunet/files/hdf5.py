@@ -101,7 +101,7 @@ def open_h5(path, kind, fix):
     the file is not one minunet can read. Not HDF5, cut short, damaged: one-line UserErrors; HDF5
     errors inside the block too.
     """
-    import h5py
+    import h5py  # lazy: `minunet predict --help` imports this module
     path = Path(path)
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"
@@ -150,7 +150,7 @@ class H5Reader:
     def get(self, name, want, required=True):
         """The object at ``name`` ("/params/x"), reached through hard links only, of type ``want``
         (h5py.Group or h5py.Dataset); None if absent and not ``required``."""
-        import h5py
+        import h5py  # lazy: `minunet predict --help` imports this module
         obj, walked = self.file, ""
         for part in [p for p in name.split("/") if p]:
             link = obj.get(part, getlink=True)
@@ -185,7 +185,7 @@ class H5Reader:
         ``minunet_file``: only HDF5's own filters (a file minunet wrote); user inputs may use others.
         Nothing is read yet.
         """
-        import h5py
+        import h5py  # lazy: `minunet predict --help` imports this module
         ds = self.get(name, h5py.Dataset, required)
         if ds is None:
             return None
@@ -224,7 +224,7 @@ class H5Reader:
     def attr(self, obj, name, default=_MISSING):
         """Attribute ``name`` of ``obj`` as plain Python (str, number, list), its size and type
         checked before it is read; ``default`` when absent (else a UserError)."""
-        import h5py
+        import h5py  # lazy: `minunet predict --help` imports this module
         if name not in obj.attrs:
             if default is _MISSING:
                 self.fail(f"attribute '{name}' of {obj.name} is missing")

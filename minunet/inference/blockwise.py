@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
+from minunet.data.datafile import check_finite, normalize
 from minunet.data.padding import check_pad, mirror_index
 from minunet.errors import UserError
 from minunet.inference import ome_zarr, outputs, tiling
 from minunet.inference.volume_stores import DONE_DIR, open_volume, output_layout, prepare_output, require, split_spec
 from minunet.model import geometry
+from minunet.model.checkpoint import load_model
 
 BASELINE_BYTES = 400 << 20          # a worker process without data: Python, NumPy, Numba, Dask, zarr
 
@@ -73,7 +75,6 @@ class Job:
 
 def cached_model(path, device):
     """The model of a checkpoint, loaded once per process (and again only if the file changes)."""
-    from minunet.model.checkpoint import load_model
     key = (os.path.abspath(path), os.stat(path).st_mtime_ns if os.path.isfile(path) else None, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
@@ -95,7 +96,6 @@ def read_context(volume, z, y0, x0, size, margin, pad):
     The context covers volume rows y0 - margin .. y0 - margin + size[0] (columns likewise); only
     the rows and columns it needs are read, then mirrored (or zeroed) beyond the volume's border.
     """
-    from minunet.data.datafile import check_finite, normalize
     height, width = volume.shape[-2:]
     rows, row_in = _axis(y0 - margin, size[0], height, pad)
     cols, col_in = _axis(x0 - margin, size[1], width, pad)
@@ -262,7 +262,7 @@ def predict_volume(model_path, input_spec, output_path, block=2048, scheduler="l
 
 def _predict_blocks(job, done, progress, scheduler, client, workers):
     """One Dask task per block not in ``done``, run; the summary dict of predict_volume."""
-    import dask
+    import dask  # optional: the dask extra
     shape, block = job.shape, job.block
     height, width = shape[-2:]
     grid = [(z, by, bx) for z in range(shape[0] if len(shape) == 3 else 1)
@@ -303,13 +303,13 @@ def _connect(scheduler):
 
 def _run(tasks, scheduler, client, workers, report):
     """Compute the block tasks on the chosen scheduler, calling ``report(name)`` per finished block."""
-    import dask
+    import dask  # optional: the dask extra
     if client is not None:
-        from distributed import as_completed
+        from distributed import as_completed  # optional: the dask extra
         for future in as_completed(client.compute(tasks), loop=client.loop):
             report(future.result())
         return
-    from dask.callbacks import Callback
+    from dask.callbacks import Callback  # optional: the dask extra
 
     class Blocks(Callback):
         def _posttask(self, key, result, dsk, state, worker_id):

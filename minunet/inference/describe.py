@@ -7,6 +7,10 @@ name, and described without reading its arrays whole.
 import json
 from pathlib import Path
 
+import h5py
+import tifffile
+from PIL import Image
+
 from minunet.data.datafile import info as data_info
 from minunet.errors import UserError
 from minunet.files.hdf5 import open_h5
@@ -63,7 +67,6 @@ def _describe_checkpoint(path):
 
 
 def _describe_hdf5(path):
-    import h5py
     lines = [f"{path}: HDF5 file"]
     with open_h5(path, "HDF5 file", FIX) as reader:
         def visit(name, obj):
@@ -88,9 +91,7 @@ def _dataset_line(name, shape, dtype, attrs):
 
 
 def _describe_image(path):
-    import tifffile
     if path.suffix.lower() == ".png":
-        from PIL import Image
         with Image.open(path) as image:
             return f"{path}: PNG image, {image.height} x {image.width}, mode {image.mode}"
     try:
@@ -104,7 +105,7 @@ def _describe_image(path):
 
 def _describe_zarr(path):
     try:
-        import zarr
+        import zarr  # optional: the dask extra
     except ImportError:
         raise UserError(f"{path}: a folder; reading Zarr needs the zarr package: pip install 'minunet[dask]'") from None
     try:

@@ -35,7 +35,7 @@ SPATIAL = ("z", "y", "x")
 
 def _zarr():
     try:
-        import zarr
+        import zarr  # optional: the ome-zarr extra
     except ImportError:
         raise UserError("OME-Zarr needs zarr 3; install it with: pip install 'minunet[ome-zarr]'") from None
     return zarr
@@ -133,7 +133,7 @@ def read_image(spec):
 
 def open_volume(spec):
     """The full-resolution image as a lazy dask array (H, W) or (Z, H, W), nothing read yet."""
-    import dask.array as da
+    import dask.array as da  # optional: the dask extra
     array, _, axes = _level(spec)
     return da.from_zarr(array)[_grayscale_index(spec, axes, array.shape)]
 
@@ -162,7 +162,7 @@ def source_space(spec):
 # ---------------------------------------------------------------------- writing
 
 def _colors(classes):
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # heavy, and only for label colours
     table = colormaps["tab20"](np.arange(classes) % 20)
     return [[int(round(255 * v)) for v in rgba] for rgba in table]
 

@@ -130,7 +130,7 @@ def _create(f, name, array, meta):
 def _write_zarr(path, array, meta):
     """A Zarr array written beside ``path`` and moved onto it when complete."""
     try:
-        import zarr
+        import zarr  # optional: the dask extra
     except ImportError:
         raise UserError(f"-o {path}: writing Zarr needs the zarr package: pip install 'minunet[dask]'") from None
     tmp = path.with_name(f".{path.name}.tmp-write")

@@ -123,7 +123,7 @@ def predict_to_file(request, progress=None, starting=None):
         return (f"wrote {r.output_spec}: OME-Zarr image, {output_format}"
                 f"{' and labels/classes' if r.labels else ''} {settings}")
     if r.segment:
-        from minunet.inference.segmentation import segment_stack
+        from minunet.inference.segmentation import segment_stack  # heavy: scipy.ndimage, only with --segment
         array, output_format = segment_stack(probs[:, 1]), "segments"
     else:
         array = outputs.format_probabilities(probs, output_format, class_axis=1)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from minunet.data.imageio import read_stack
 from minunet.errors import UserError
 
 
@@ -63,7 +64,7 @@ def seeds(prob, params):
 
 
 def _flood(boundary, markers):
-    from skimage.segmentation import watershed
+    from skimage.segmentation import watershed  # heavy (~0.5 s), only to flood
     return watershed(boundary, markers).astype(np.int64)
 
 
@@ -212,7 +213,6 @@ def segment_stack(probs, params=SegmentParams(), progress=None):
 
 def read_probabilities(spec):
     """A probability stack (N, H, W) float32 in [0, 1]; a UserError names the file otherwise."""
-    from minunet.data.imageio import read_stack
     stack = np.asarray(read_stack(spec))
     if not np.issubdtype(stack.dtype, np.floating):
         raise UserError(f"PROBS {spec}: holds {stack.dtype} values; segment the float probabilities "

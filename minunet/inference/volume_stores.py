@@ -5,10 +5,12 @@ Each finished block leaves an empty marker file ``OUTPUT/.minunet-done/<z>.<y>.<
 skips the blocks that have one and refuses an output written with other settings (:data:`RESUME_KEYS`).
 """
 import contextlib
+import importlib
 import os
 import shutil
 from pathlib import Path
 
+from minunet.data.imageio import hdf5_dataset
 from minunet.errors import UserError
 from minunet.files.specs import is_zarr, parse_spec
 from minunet.inference import ome_zarr, outputs
@@ -19,7 +21,6 @@ RESUME_KEYS = ("input", "shape", "model", "block", "pad", "output_format", "labe
 
 def require(module):
     """Import an optional dependency, or a UserError naming the extra to install."""
-    import importlib
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -57,7 +58,6 @@ def open_volume(spec):
         raise UserError(f"{spec}: no such {'HDF5 file' if kind == 'hdf5' else 'Zarr store'}; "
                         "check the path (an HDF5 dataset is written file.h5:/raw)")
     if kind == "hdf5":
-        from minunet.data.imageio import hdf5_dataset
         files = contextlib.ExitStack()
         ds = files.enter_context(hdf5_dataset(path, name))     # checked: no links, external or virtual data
         array = da.from_array(ds, chunks=ds.chunks or "auto", lock=True, asarray=False)

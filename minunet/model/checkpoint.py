@@ -33,6 +33,7 @@ from minunet.files.atomic import atomic_h5
 from minunet.files.hdf5 import array_sha256, open_h5, seal_attributes
 from minunet.files.space import check_memory
 from minunet.model import checkpoint_schema as schema
+from minunet.model.unet import UNet
 
 FORMAT = "minunet-checkpoint"
 FORMAT_VERSION = 2
@@ -197,7 +198,6 @@ def load_weights(model, checkpoint, path="checkpoint"):
 
 def load_model(path, device="cpu"):
     """The UNet stored in a checkpoint, on ``device``, in eval mode; also returns the Checkpoint."""
-    from minunet.model.unet import UNet
     checkpoint = load_checkpoint(path, training_state=False)
     model = UNet(device=device, **checkpoint.model)
     load_weights(model, checkpoint, path)

@@ -30,7 +30,7 @@ def memory_budget(device):
     (:func:`minunet.files.space.available_memory`), or 70% of the free GPU memory."""
     if device == "cuda":
         try:
-            import cupy
+            import cupy  # optional: the cuda extra
             free, _ = cupy.cuda.runtime.memGetInfo()
             return int(0.7 * free)
         except Exception:                        # no CuPy or no GPU: fall back to 4 GiB

@@ -24,6 +24,7 @@ mpi4py (:mod:`minunet.training.mpi`) or NCCL through CuPy for ``--device cuda``
 without MPI: the launch's size, the CPU threads per rank, each rank's dropout seeds.
 """
 import contextlib
+import importlib
 import os
 import sys
 
@@ -73,7 +74,7 @@ def connect(environ=None):
     launched = launched_ranks(environ)
     if launched <= 1:
         return SingleProcess()
-    from minunet.training.mpi import MPICommunicator
+    from minunet.training.mpi import MPICommunicator  # cycle: mpi.py imports this module
     comm = MPICommunicator(timeout=comm_timeout(environ))
     if comm.size != launched:       # each rank would train alone, all into one run directory
         raise UserError(f"the launcher started {launched} ranks but MPI sees {comm.size}: mpi4py uses another MPI "
@@ -85,7 +86,6 @@ def connect(environ=None):
 def load_optional(modules, need):
     """The modules named (dotted), or a UserError: ``need`` says what wants them and how to install
     them (``{err}`` in it is replaced by the import error)."""
-    import importlib
     try:
         return [importlib.import_module(name) for name in modules]
     except ImportError as err:
@@ -114,7 +114,7 @@ def set_cpu_threads(threads, environ=None):
         return int(environ["NUMBA_NUM_THREADS"])
     environ["NUMBA_NUM_THREADS"] = str(threads)
     if "numba" in sys.modules:
-        import numba
+        import numba  # only if already imported: Numba reads NUMBA_NUM_THREADS on import
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return threads
 

@@ -52,7 +52,7 @@ class MPICommunicator(Communicator):
     def for_device(self, device):
         if device != "cuda":
             return self
-        from minunet.training.nccl import NCCLCommunicator
+        from minunet.training.nccl import NCCLCommunicator  # cycle: nccl.py subclasses MPICommunicator
         return NCCLCommunicator(self)
 
     # --------------------------------------------------------------- the primitives

@@ -110,7 +110,7 @@ class NCCLCommunicator(MPICommunicator):
 def _select_numba_device(device):
     """Point Numba's CUDA kernels at the same GPU as CuPy (both use its primary context)."""
     try:
-        from numba import cuda
+        from numba import cuda  # optional: numba-cuda
         cuda.select_device(device)
     except Exception:                     # Numba-CUDA missing: the CUDA backend will say so
         pass

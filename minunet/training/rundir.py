@@ -129,9 +129,9 @@ def read_metrics(path):
 
 def plot_curves(metrics_path, png_path):
     """Training loss and validation errors against iterations, as a PNG (matplotlib, Agg)."""
-    import matplotlib
+    import matplotlib  # heavy (pyplot ~0.5 s), only for the curves
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
     m = read_metrics(metrics_path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(m["iteration"], m["train_loss"], "o-", label="training loss")
