@@ -7,6 +7,7 @@ source out as installed (a copy in a temporary folder) and runs ``lint-imports``
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,12 @@ def _installed_layout(tmp_path, extra=None):
 
 
 def _lint(folder):
-    exe = shutil.which("lint-imports")
-    if exe is None:
-        pytest.skip("import-linter is not installed (it is in the [test] extra)")
+    """import-linter's command, run by this interpreter (whether or not its script is on PATH)."""
+    pytest.importorskip("importlinter", reason="import-linter is not installed (it is in the [test] extra)")
     env = dict(os.environ, PYTHONPATH=str(folder))
-    return subprocess.run([exe], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+                                     "sys.exit(lint_imports_command())"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_imports_follow_the_layers(tmp_path):
