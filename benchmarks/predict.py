@@ -34,7 +34,6 @@ six contenders, four timings each: about two hours); ``--stack 8``, ``--rounds 1
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -296,8 +295,9 @@ def main(argv=None):
         timing.use_clock(time.process_time)
     if args.child:
         return child_main(args)
-    everything = dict(records=[], targets=[], missing={}, machine=os.uname().machine, threads=anchors.threads(),
+    everything = dict(records=[], targets=[], missing={}, machine=timing.machine(), threads=anchors.threads(),
                       clock=args.clock)
+    print(timing.describe_machine(everything["machine"]), flush=True)
     for width in args.widths:
         for case in args.cases:
             records, absent, found = run_case(case, width, args.contenders, args.mode, args.warmup, args.repeat,

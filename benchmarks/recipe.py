@@ -21,12 +21,12 @@ Timings depend on the machine's load; the scores do not (a run is deterministic 
 """
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from minunet.benchmarks import timing
 from minunet.data.isbi import isbi_dir
 from minunet.errors import UserError
 
@@ -131,22 +131,11 @@ def run(data=None, recipes=("default", "sgd", "adam"), seeds=(0,), iterations=15
                 runs.append(done[key])
     return dict(data=str(data), width=width, iterations=iterations, val_every=val_every,
                 train_slices=TRAIN_SLICES, val_slices=VAL_SLICES, target_rand=TARGET_RAND,
-                target_pixel=TARGET_PIXEL, cpu=cpu_name(), date=time.strftime("%Y-%m-%d %H:%M %Z"), runs=runs)
+                target_pixel=TARGET_PIXEL, cpu=timing.cpu_name(), date=time.strftime("%Y-%m-%d %H:%M %Z"), runs=runs)
 
 
 def _describe(settings):
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{v}" for k, v in settings.items())
-
-
-def cpu_name():
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _best(rows):

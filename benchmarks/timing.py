@@ -4,8 +4,11 @@ Interleaving (minunet, PyTorch, minunet, PyTorch, ...) in one process means both
 machine state (frequency, other load), so their ratio is meaningful even when absolute times drift.
 """
 import importlib
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 clock = time.perf_counter
 
@@ -67,3 +70,32 @@ def tune_malloc():
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
+
+
+def cpu_name():
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine():
+    """What a figure was measured on: the CPU (its name and LLVM's), minunet's BLAS and the kernels
+    it picked (``OPENBLAS_CORETYPE`` overrides OpenBLAS's own choice), and Numba's threads."""
+    import numba
+    from llvmlite import binding
+
+    from minunet.kernels.cpu import blas   # here: loading the backend fixes its threads, set by then
+    return dict(cpu=cpu_name(), llvm_cpu=binding.get_host_cpu_name(), blas=blas.BLAS_NAME,
+                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"), numba_threads=numba.config.NUMBA_NUM_THREADS)
+
+
+def describe_machine(info):
+    """One line of :func:`machine`'s figures for a benchmark's table."""
+    forced = f" (OPENBLAS_CORETYPE={info['openblas_coretype']})" if info["openblas_coretype"] is not None else ""
+    return (f"machine: {info['cpu']} ({info['llvm_cpu']}), {info['numba_threads']} Numba thread(s); "
+            f"BLAS {info['blas']}{forced}")

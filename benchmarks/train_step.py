@@ -314,6 +314,8 @@ def main(argv=None):
     result = run(args.width, args.tile, args.device, args.repeat, args.warmup,
                  memory=not args.no_memory, cold=not args.no_cold, tuned_malloc=args.tuned_malloc,
                  mode=args.mode, rounds=args.rounds)
+    result["machine"] = timing.machine()
+    print(timing.describe_machine(result["machine"]))
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
