@@ -20,6 +20,7 @@ from tests.backends import fast_device  # noqa: E402
 DEVICE = fast_device()
 RTOL_ORT = 1e-5
 RTOL_REFERENCE = 1e-5
+RTOL_FLOAT32_NETWORK = 3e-5     # minunet's float32 forward of the paper's network against float64
 
 # every kind minunet trains: (classes, in_channels, up_kernel, deep_supervision)
 KINDS = [(classes, channels, up, deep) for classes in (2, 7) for channels in (1, 3) for up in (2, 4)
@@ -146,12 +147,19 @@ def test_opset_choice():
 
 @pytest.mark.slow
 def test_paper_network_on_a_572_tile(rng):
-    """The paper's network (depth 5, width 64, 31 M parameters): onnxruntime matches minunet on 572 x 572."""
+    """The paper's network (depth 5, width 64, 31 M parameters): onnxruntime computes on 572 x 572
+    what the float64 reference computes with the same weights. The reference, not minunet's float32
+    forward, is the yardstick: over 23 layers F(4x4, 3x3) Winograd leaves minunet's logits about
+    1e-5 of their scale from float64 (9.4-9.5e-6 measured), onnxruntime's direct convolutions 1.6e-6."""
     model = with_random_biases(UNet(device=DEVICE, seed=int(rng.integers(1 << 30))), rng)
     proto = onnx_graph.build(model, "logits")
     onnx.checker.check_model(proto)
     x = rng.random((1, 1, 572, 572), dtype=np.float32)
-    expected = minunet_logits(model, x)
+    reference = UNet(device="reference", dtype=np.float64)
+    for (_, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        q.data[...] = p.data
+    expected = minunet_logits(reference.eval(), x.astype(np.float64))
     got = session(proto).run(None, {"input": x})[0]
     assert got.shape == (1, 2, 388, 388)
     assert relative_error(got, expected) <= RTOL_ORT
+    assert relative_error(minunet_logits(model, x), expected) <= RTOL_FLOAT32_NETWORK
