@@ -89,7 +89,7 @@ def machine():
     import numba
     from llvmlite import binding
 
-    from minunet.kernels.cpu import blas   # here: loading the backend fixes its threads, set by then
+    from minunet.kernels.cpu import blas  # here: loading the backend fixes its threads, set by then
     return dict(cpu=cpu_name(), llvm_cpu=binding.get_host_cpu_name(), blas=blas.BLAS_NAME,
                 openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"), numba_threads=numba.config.NUMBA_NUM_THREADS)
 
