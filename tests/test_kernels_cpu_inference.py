@@ -17,8 +17,8 @@ from minunet.kernels import reference as ref
 from tests.test_kernels_cpu import DTYPES, assert_close, check_conv3x3_all_directions, conv_scale, draw, force_direct
 
 cpu = pytest.importorskip("minunet.kernels.cpu")
+from minunet.kernels.cpu import compiled_blas, dispatch, upconv, winograd4  # noqa: E402
 from minunet.kernels.cpu import conv as cpu_conv  # noqa: E402
-from minunet.kernels.cpu import dispatch, winograd4  # noqa: E402
 
 WINOGRAD4_CASES = [
     # (N, C, K, H, W)
@@ -39,11 +39,22 @@ def force_winograd4(cpu_dispatch, gx_path="winograd4"):
                  winograd_min_tiles={"forward": 0, "weight_grad": 0, "input_grad": never if gx_path == "gemm" else 0})
 
 
+def threads_of(monkeypatch, threads):
+    """Blocks on Numba's threads calling BLAS from compiled code, or on Python worker threads
+    (the path taken without minunet's own single-threaded OpenBLAS)."""
+    if threads == "python":
+        monkeypatch.setattr(compiled_blas, "AVAILABLE", False)
+    elif not compiled_blas.AVAILABLE:
+        pytest.skip("BLAS is not minunet's own OpenBLAS: blocks run on Python threads only")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", WINOGRAD4_CASES)
 @pytest.mark.parametrize("blocks", ["default", "one_tile_row"])
-def test_winograd4_forward(rng, cpu_dispatch, case, dtype, blocks):
+@pytest.mark.parametrize("threads", ["compiled", "python"])
+def test_winograd4_forward(rng, cpu_dispatch, monkeypatch, case, dtype, blocks, threads):
     """The kernel alone, with and without bias + ReLU, into an output it must fill entirely."""
+    threads_of(monkeypatch, threads)
     if blocks == "one_tile_row":               # blocks of one tile row: many block edges
         cpu_dispatch(winograd_block_tiles=(1, 1), winograd_scratch_bytes=1)
     n, c, k, h, w = case
@@ -53,6 +64,48 @@ def test_winograd4_forward(rng, cpu_dispatch, case, dtype, blocks):
     for relu in (False, True):
         y = winograd4.conv3x3_forward(x, wt, b, relu)
         assert_close(y, ref.conv2d_forward(x64, wt64, b64, relu=relu), dtype, "conv2d", conv_scale(x64, wt64, b64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 1, 1, 1, 1), (2, 3, 5, 4, 7), (1, 16, 8, 9, 1), (2, 9, 4, 3, 3)])
+@pytest.mark.parametrize("kernel", [2, 4])
+@pytest.mark.parametrize("threads", ["compiled", "python"])
+def test_upconv_forward_on_either_threads(rng, monkeypatch, case, dtype, kernel, threads):
+    """The up-convolution's GEMM on Numba's or on Python threads: both equal the float64 reference."""
+    threads_of(monkeypatch, threads)
+    n, c, k, h, w = case
+    x, x64 = draw(rng, (n, c, h, w), dtype)
+    wt, wt64 = draw(rng, (c, k, kernel, kernel), dtype, 1 / np.sqrt(c))
+    b, b64 = draw(rng, (k,), dtype)
+    expected = ref.conv_transpose2d_forward(x64, wt64, b64)
+    scale = np.abs(x64).max() * np.abs(wt64).sum(axis=(0, 2, 3)).max() + np.abs(b64).max()
+    assert_close(upconv.conv_transpose2d_forward(x, wt, b), expected, dtype, "conv_transpose2d", scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_gemm_on_strided_views(rng, dtype):
+    """compiled_blas.gemm: c = a @ b on row-major views with row strides larger than their widths,
+    odd and unit sizes, and empty outputs left alone; against float64 NumPy."""
+    if not compiled_blas.AVAILABLE:
+        pytest.skip("BLAS is not minunet's own OpenBLAS")
+    from numba import njit
+
+    @njit
+    def call(f, a, b, c):
+        compiled_blas.gemm(f, a, b, c)
+
+    f = compiled_blas.routine(dtype)
+    for m, k, n in [(1, 1, 1), (5, 7, 3), (17, 1, 9), (33, 64, 65), (3, 5, 0)]:
+        a_full, _ = draw(rng, (m + 2, k + 3), dtype)
+        b_full, _ = draw(rng, (k + 1, n + 4), dtype)
+        c_full = np.full((m + 1, n + 5), 7.0, dtype)
+        a, b, c = a_full[1:m + 1, 2:k + 2], b_full[:k, 3:n + 3], c_full[:m, 1:n + 1]
+        call(f, a, b, c)
+        assert_close(c, a.astype(np.float64) @ b.astype(np.float64), dtype, "conv2d", np.abs(a).sum(axis=1).max()
+                     * np.abs(b).max(initial=0.0))
+        outside = np.ones(c_full.shape, bool)
+        outside[:m, 1:n + 1] = False
+        assert (c_full[outside] == 7.0).all()
 
 
 @pytest.mark.gradcheck

@@ -5,6 +5,7 @@ BLAS GEMMs (from 64 channels), or BLAS GEMMs over strided views (no im2col); eve
 single fused Numba passes (``@njit(parallel=True, cache=True)``). One module per family of ops:
 
     blas.py         row-major GEMM with accumulation on strided views (OpenBLAS via ctypes)
+    compiled_blas.py  the same GEMM called from compiled code, so blocks run on Numba's threads
     buffers.py      the cache the kernels' large outputs come from, reused across steps
     conv.py         valid convolution, forward (bias + ReLU epilogue) and backward (ReLU mask fused)
     dispatch.py     which path computes each convolution: the measured thresholds, in one object

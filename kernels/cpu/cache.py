@@ -7,14 +7,27 @@ import os
 
 from numba.core.registry import CPUDispatcher
 
-from . import conv, direct, direct_weight_grad, elementwise, loss, optim, pool, upconv, winograd, winograd4
+from . import (
+    compiled_blas,
+    conv,
+    direct,
+    direct_weight_grad,
+    elementwise,
+    loss,
+    optim,
+    pool,
+    upconv,
+    winograd,
+    winograd4,
+)
 
 COLD_COMPILE_S = (20, 60)         # the range of a first run's compilation on 2-4 cores
 
 
 def _cache_folders():
     """(module file stem, Numba cache folder) of each kernel module with cached kernels."""
-    for module in (conv, direct, direct_weight_grad, elementwise, loss, optim, pool, upconv, winograd, winograd4):
+    for module in (compiled_blas, conv, direct, direct_weight_grad, elementwise, loss, optim, pool, upconv, winograd,
+                   winograd4):
         for value in vars(module).values():
             if isinstance(value, CPUDispatcher) and getattr(value, "_cache", None) is not None:
                 yield os.path.splitext(os.path.basename(module.__file__))[0], value._cache._cache_path

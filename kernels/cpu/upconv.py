@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_transpose2d_output_hw
-from . import buffers
-from .blas import gemm, parallel_for
+from . import buffers, compiled_blas
+from .blas import WORKERS, gemm, parallel_for
 
 
 @njit(parallel=True, cache=True)
@@ -83,16 +83,28 @@ def conv_transpose2d_forward(x, w, b):
     y = buffers.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), x.dtype)
     cols = buffers.empty((k * kh * kw, h * wd), x.dtype)
     place = _interleave if (kh, kw) == (2, 2) else _col2im
+    w_t = np.ascontiguousarray(w_mat.T) if compiled_blas.AVAILABLE else None
     for img in range(n):
         x_flat = x[img].reshape(c, h * wd)
+        if w_t is not None:
+            _stamp_columns(compiled_blas.routine(x.dtype), w_t, x_flat, cols, min(WORKERS, h * wd))
+        else:
+            def stamps(part):              # one worker: a range of input pixels (columns)
+                a, b = part[0], part[-1] + 1
+                gemm(w_mat, x_flat[:, a:b], cols[:, a:b], trans_a=True)
 
-        def stamps(part):                  # one worker: a range of input pixels (columns)
-            a, b = part[0], part[-1] + 1
-            gemm(w_mat, x_flat[:, a:b], cols[:, a:b], trans_a=True)
-
-        parallel_for(stamps, range(h * wd))
+            parallel_for(stamps, range(h * wd))
         place(cols.reshape(k, kh, kw, h, wd), bias, y[img])
     return y
+
+
+@njit(parallel=True, cache=True)
+def _stamp_columns(f, w_t, x_flat, cols, parts):
+    """cols = w_t @ x_flat on Numba's threads, each part a contiguous range of columns (pixels)."""
+    n = x_flat.shape[1]
+    for p in prange(parts):
+        a, b = n * p // parts, n * (p + 1) // parts
+        compiled_blas.gemm(f, w_t, x_flat[:, a:b], cols[:, a:b])
 
 
 def conv_transpose2d_backward(x, w, gy):

@@ -18,10 +18,10 @@ padded gy); the weight gradient stays on F(2x2, 3x3), whose transposed algorithm
 large coefficients.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from . import buffers
-from .blas import gemm, parallel_for
+from . import buffers, compiled_blas
+from .blas import WORKERS, gemm, parallel_for
 from .winograd import block_tiling, filter_transform
 
 TILE = 4            # output pixels per tile side
@@ -159,6 +159,13 @@ def conv3x3_forward(x, w, bias, relu):
     u = np.empty((POSITIONS, k, c), x.dtype)
     filter_transform(np.ascontiguousarray(w, dtype=x.dtype), G, u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
+    if compiled_blas.AVAILABLE:
+        parts = min(WORKERS, len(items))
+        v = buffers.empty((parts, POSITIONS, c, rows * tiles_x), x.dtype)
+        m = buffers.empty((parts, POSITIONS, k, rows * tiles_x), x.dtype)
+        _forward_blocks(compiled_blas.routine(x.dtype), x, u, bias, relu, np.array(items, np.int64).reshape(-1, 2),
+                        rows, tiles_x, tiles_y, v, m, y)
+        return y
 
     def blocks(part):                      # one worker: its (image, first tile row) blocks
         v = buffers.empty((POSITIONS, c, rows * tiles_x), x.dtype)
@@ -173,3 +180,19 @@ def conv3x3_forward(x, w, bias, relu):
 
     parallel_for(blocks, items)
     return y
+
+
+@njit(parallel=True, cache=True)
+def _forward_blocks(f, x, u, bias, relu, items, rows, tiles_x, tiles_y, v, m, y):
+    """The blocks of :func:`conv3x3_forward` on Numba's threads: part p of ``v.shape[0]`` takes a
+    contiguous share of the (image, first tile row) ``items``, with its own scratch v[p], m[p]."""
+    parts = v.shape[0]
+    for p in prange(parts):
+        for i in range(len(items) * p // parts, len(items) * (p + 1) // parts):
+            img, tr0 = items[i, 0], items[i, 1]
+            tr1 = min(tr0 + rows, tiles_y)
+            tiles = (tr1 - tr0) * tiles_x
+            _input_transform(x[img], tr0, tr1, tiles_x, v[p])
+            for xi in range(POSITIONS):
+                compiled_blas.gemm(f, u[xi], v[p, xi, :, :tiles], m[p, xi, :, :tiles])
+            _output_transform(m[p], bias, relu, tr0, tr1, tiles_x, y[img])
