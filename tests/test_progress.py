@@ -1,7 +1,8 @@
 """cli/progress.py: a redrawn line on a terminal, periodic plain lines in a log, nothing when quiet."""
 import io
-import time
+import types
 
+from minunet.cli import progress as progress_module
 from minunet.cli.progress import Progress, clock
 
 
@@ -14,14 +15,19 @@ class Stream(io.StringIO):
         return self.tty
 
 
-def test_log_gets_periodic_lines_and_a_last_one():
+def test_log_gets_periodic_lines_and_a_last_one(monkeypatch):
+    """A line once log_every_s has passed since the last one, and the last count at close (a fake clock:
+    updates 3 s apart, a line every 5 s, so lines at 6 s and 12 s and the closing one)."""
+    now = [0.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     stream = Stream(tty=False)
-    with Progress("tiles", stream=stream, log_every_s=0.05) as progress:
+    with Progress("tiles", stream=stream, log_every_s=5) as progress:
         for done in range(1, 6):
+            now[0] += 3
             progress.update(done, 10)
-            time.sleep(0.03)
     lines = stream.getvalue().splitlines()
-    assert 1 <= len(lines) <= 5 and "\r" not in stream.getvalue()
+    assert "\r" not in stream.getvalue()
+    assert [line.split(" (")[0] for line in lines] == ["tiles 2/10", "tiles 4/10", "tiles 5/10"], lines
     assert lines[-1].startswith("tiles 5/10 (50%")                  # the last count, at close
 
 
