@@ -40,18 +40,17 @@ def force_winograd4(cpu_dispatch, gx_path="winograd4"):
 
 
 def threads_of(monkeypatch, threads):
-    """Blocks on Numba's threads calling BLAS from compiled code, or on Python worker threads
-    (the path taken without minunet's own single-threaded OpenBLAS)."""
-    if threads == "python":
-        monkeypatch.setattr(compiled_blas, "AVAILABLE", False)
-    elif not compiled_blas.AVAILABLE:
-        pytest.skip("BLAS is not minunet's own OpenBLAS: blocks run on Python threads only")
+    """Blocks split over Numba's threads (each calling BLAS), or all in one part (the split taken
+    with SciPy's BLAS, which threads each GEMM itself)."""
+    if threads == "one_part":
+        monkeypatch.setattr(compiled_blas, "CONCURRENT", False)
+        assert compiled_blas.parts(8) == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", WINOGRAD4_CASES)
 @pytest.mark.parametrize("blocks", ["default", "one_tile_row"])
-@pytest.mark.parametrize("threads", ["compiled", "python"])
+@pytest.mark.parametrize("threads", ["per_thread", "one_part"])
 def test_winograd4_forward(rng, cpu_dispatch, monkeypatch, case, dtype, blocks, threads):
     """The kernel alone, with and without bias + ReLU, into an output it must fill entirely."""
     threads_of(monkeypatch, threads)
@@ -69,9 +68,9 @@ def test_winograd4_forward(rng, cpu_dispatch, monkeypatch, case, dtype, blocks, 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [(1, 1, 1, 1, 1), (2, 3, 5, 4, 7), (1, 16, 8, 9, 1), (2, 9, 4, 3, 3)])
 @pytest.mark.parametrize("kernel", [2, 4])
-@pytest.mark.parametrize("threads", ["compiled", "python"])
+@pytest.mark.parametrize("threads", ["per_thread", "one_part"])
 def test_upconv_forward_on_either_threads(rng, monkeypatch, case, dtype, kernel, threads):
-    """The up-convolution's GEMM on Numba's or on Python threads: both equal the float64 reference."""
+    """The up-convolution's GEMM split over Numba's threads or in one part: both equal the float64 reference."""
     threads_of(monkeypatch, threads)
     n, c, k, h, w = case
     x, x64 = draw(rng, (n, c, h, w), dtype)
@@ -86,8 +85,6 @@ def test_upconv_forward_on_either_threads(rng, monkeypatch, case, dtype, kernel,
 def test_compiled_gemm_on_strided_views(rng, dtype):
     """compiled_blas.gemm: c = a @ b on row-major views with row strides larger than their widths,
     odd and unit sizes, and empty outputs left alone; against float64 NumPy."""
-    if not compiled_blas.AVAILABLE:
-        pytest.skip("BLAS is not minunet's own OpenBLAS")
     from numba import njit
 
     @njit

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, types
 
 from . import blas
+from .blas import WORKERS
 
 _ADDRESS = types.uintp
 _FORTRAN_GEMM = types.void(*([_ADDRESS] * 13))
@@ -37,8 +38,15 @@ class _Gemm(types.WrapperAddressProtocol):
 
 
 GEMM = {np.dtype(np.float32): _Gemm(blas._sgemm), np.dtype(np.float64): _Gemm(blas._dgemm)}
-# Threads may call BLAS at once only when it runs single-threaded in each (our own OpenBLAS).
-AVAILABLE = blas._OWN_BLAS
+# Threads may call BLAS at once only when it runs single-threaded in each (our own OpenBLAS);
+# SciPy's BLAS, the fallback, threads each call itself instead.
+CONCURRENT = blas._OWN_BLAS
+
+
+def parts(count):
+    """Into how many parts to split ``count`` blocks, one per Numba thread: one per worker when
+    BLAS may be called from every thread at once, else one (BLAS then threads each GEMM)."""
+    return max(1, min(WORKERS if CONCURRENT else 1, count))
 
 
 def routine(dtype):

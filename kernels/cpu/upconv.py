@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ..shapes import conv_transpose2d_output_hw
 from . import buffers, compiled_blas
-from .blas import WORKERS, gemm, parallel_for
+from .blas import gemm, parallel_for
 
 
 @njit(parallel=True, cache=True)
@@ -83,17 +83,10 @@ def conv_transpose2d_forward(x, w, b):
     y = buffers.empty((n, k) + conv_transpose2d_output_hw(x.shape, w.shape), x.dtype)
     cols = buffers.empty((k * kh * kw, h * wd), x.dtype)
     place = _interleave if (kh, kw) == (2, 2) else _col2im
-    w_t = np.ascontiguousarray(w_mat.T) if compiled_blas.AVAILABLE else None
+    w_t = np.ascontiguousarray(w_mat.T)
     for img in range(n):
         x_flat = x[img].reshape(c, h * wd)
-        if w_t is not None:
-            _stamp_columns(compiled_blas.routine(x.dtype), w_t, x_flat, cols, min(WORKERS, h * wd))
-        else:
-            def stamps(part):              # one worker: a range of input pixels (columns)
-                a, b = part[0], part[-1] + 1
-                gemm(w_mat, x_flat[:, a:b], cols[:, a:b], trans_a=True)
-
-            parallel_for(stamps, range(h * wd))
+        _stamp_columns(compiled_blas.routine(x.dtype), w_t, x_flat, cols, compiled_blas.parts(h * wd))
         place(cols.reshape(k, kh, kw, h, wd), bias, y[img])
     return y
 

@@ -21,7 +21,6 @@ import numpy as np
 from numba import njit, prange
 
 from . import buffers, compiled_blas
-from .blas import WORKERS, gemm, parallel_for
 from .winograd import block_tiling, filter_transform
 
 TILE = 4            # output pixels per tile side
@@ -159,26 +158,11 @@ def conv3x3_forward(x, w, bias, relu):
     u = np.empty((POSITIONS, k, c), x.dtype)
     filter_transform(np.ascontiguousarray(w, dtype=x.dtype), G, u)
     y = buffers.empty((n, k, ho, wo), x.dtype)
-    if compiled_blas.AVAILABLE:
-        parts = min(WORKERS, len(items))
-        v = buffers.empty((parts, POSITIONS, c, rows * tiles_x), x.dtype)
-        m = buffers.empty((parts, POSITIONS, k, rows * tiles_x), x.dtype)
-        _forward_blocks(compiled_blas.routine(x.dtype), x, u, bias, relu, np.array(items, np.int64).reshape(-1, 2),
-                        rows, tiles_x, tiles_y, v, m, y)
-        return y
-
-    def blocks(part):                      # one worker: its (image, first tile row) blocks
-        v = buffers.empty((POSITIONS, c, rows * tiles_x), x.dtype)
-        m = buffers.empty((POSITIONS, k, rows * tiles_x), x.dtype)
-        for img, tr0 in part:
-            tr1 = min(tr0 + rows, tiles_y)
-            tiles = (tr1 - tr0) * tiles_x
-            _input_transform(x[img], tr0, tr1, tiles_x, v)
-            for xi in range(POSITIONS):
-                gemm(u[xi], v[xi, :, :tiles], m[xi, :, :tiles])
-            _output_transform(m, bias, relu, tr0, tr1, tiles_x, y[img])
-
-    parallel_for(blocks, items)
+    items = np.array(items, np.int64).reshape(-1, 2)
+    parts = compiled_blas.parts(len(items))
+    v = buffers.empty((parts, POSITIONS, c, rows * tiles_x), x.dtype)
+    m = buffers.empty((parts, POSITIONS, k, rows * tiles_x), x.dtype)
+    _forward_blocks(compiled_blas.routine(x.dtype), x, u, bias, relu, items, rows, tiles_x, tiles_y, v, m, y)
     return y
 
 
